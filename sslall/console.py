@@ -1,0 +1,142 @@
+"""What the CLI layer shares: printing, progress, error handling, opening a workspace.
+
+Only the CLI modules import this. A user's mistake becomes one line on stderr and an exit code
+(see `sslall.errors`); `--debug` re-raises so the traceback shows.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import click
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from sslall.config import Config
+from sslall.errors import EXIT_FAILURE, SslallError
+from sslall.workspace import Workspace, find_workspace
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+log = logging.getLogger("sslall")
+log.addHandler(logging.NullHandler())  # the CLI prints errors itself; no lastResort echo
+
+WorkspaceOption = Annotated[
+    Path | None,
+    typer.Option("--workspace", "-w", help="Workspace folder (else $SSLALL_WORKSPACE, else "
+                 "searched upward from the current folder).", show_default=False),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+# The global flags (--debug, --quiet) of the invocation being run; set by the app's callback.
+# A ContextVar rather than click's context because Typer does not push one for commands.
+_FLAGS: ContextVar[dict[str, bool] | None] = ContextVar("sslall_cli_flags", default=None)
+
+
+def set_flags(**flags: bool) -> None:
+    _FLAGS.set(dict(flags))
+
+
+def _state() -> dict[str, bool]:
+    return _FLAGS.get() or {}
+
+
+def is_quiet() -> bool:
+    return bool(_state().get("quiet"))
+
+
+def cli_errors(fn: F) -> F:
+    """Turn `SslallError` (and anything unexpected) into one line and an exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except SslallError as exc:
+            if _state().get("debug"):
+                raise
+            log.error("%s", exc)
+            err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; nothing half-written was kept")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - the one place that catches broadly
+            if _state().get("debug"):
+                raise
+            log.exception("unexpected error")
+            err_console.print(
+                f"[red]error:[/red] unexpected {type(exc).__name__}: {exc} "
+                "(run with --debug for the traceback; please report it)"
+            )
+            raise typer.Exit(EXIT_FAILURE) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def open_workspace(option: Path | None) -> tuple[Workspace, Config]:
+    ws = find_workspace(option)
+    config = ws.config()
+    setup_logging(ws.log_path, is_quiet())
+    return ws, config
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def say(message: str) -> None:
+    """A line for a person; silent under --quiet (it still goes to the log)."""
+    log.info("%s", message)
+    if not is_quiet():
+        console.print(message, markup=True, highlight=False)
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
+    """Yield `update(done, total)`; draws a bar on a terminal, nothing under --quiet."""
+    if is_quiet() or total == 0:
+        yield lambda *a, **k: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+
+        def update(done: int, new_total: int | None = None) -> None:
+            progress.update(task, completed=done, total=new_total or total)
+
+        yield update
+
+
+def setup_logging(workspace_log: Path | None, quiet: bool) -> None:
+    """Log to the workspace's log file (when known); warnings also to stderr unless quiet."""
+    root = logging.getLogger("sslall")
+    root.setLevel(logging.INFO)
+    if workspace_log is not None and not any(
+        isinstance(h, logging.FileHandler) for h in root.handlers
+    ):
+        try:
+            workspace_log.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(workspace_log, encoding="utf-8")
+        except OSError:
+            return
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s pid={os.getpid()} %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
