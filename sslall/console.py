@@ -140,3 +140,22 @@ def setup_logging(workspace_log: Path | None, quiet: bool) -> None:
         handler.setFormatter(logging.Formatter(
             f"%(asctime)s pid={os.getpid()} %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
+
+
+@contextmanager
+def step_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """Yield `update(step, done, total)`: one bar per step of a round, nothing under --quiet."""
+    if is_quiet():
+        yield lambda *a: None
+        return
+    columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        tasks: dict[str, Any] = {}
+
+        def update(step: str, done: int, total: int) -> None:
+            if step not in tasks:
+                tasks[step] = progress.add_task(step, total=total)
+            progress.update(tasks[step], completed=done, total=total)
+
+        yield update

@@ -21,6 +21,7 @@ from sslall.errors import IntegrityError, UsageError
 SCHEMA_VERSION = 1
 POOLS = ("labeled", "unlabeled", "pseudo", "review", "holdout", "quarantine")
 LABELED_POOLS = ("labeled", "pseudo", "holdout")
+SCORED_POOLS = ("labeled", "pseudo", "unlabeled", "review", "holdout")
 HUMAN_SOURCES = ("import", "review", "labelstudio", "oracle")
 MACHINE = "machine"
 

@@ -1,0 +1,207 @@
+"""The model side of a round: fit on labeled ∪ pseudo, score every row, calibrate, checkpoint.
+
+Two modes behind one face (`Learner`):
+- `head`: a frozen backbone whose features come from the on-disk cache (computed once per image,
+  backbone, weights and transform), with an MLP head trained on top — seconds per round on a CPU.
+- `finetune`: the whole network trained end to end with augmentation (AMP + channels_last on
+  CUDA); scoring then runs the fine-tuned backbone.
+In both, `Scores.embeddings` are the backbone's pooled features, used by kNN agreement,
+coreset, TypiClust and the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from sslall.config import Config
+from sslall.faults import fault_point
+from sslall.metrics import expected_calibration_error, fit_temperature, softmax
+from sslall.models import Backbone, Classifier, MLPHead, create_backbone
+from sslall.pools import Sample
+from sslall.score import FeatureCache, extract_features, mc_dropout_probs, predict
+from sslall.train import finetune, resolve_device, resolve_mode, train_head
+
+if TYPE_CHECKING:
+    from sslall.rounds import Snapshot
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Scores:
+    """Raw model outputs for every row of a snapshot, in row order."""
+
+    logits: np.ndarray
+    embeddings: np.ndarray
+    mc_probs: np.ndarray | None = None
+
+
+@dataclass
+class Calibration:
+    """Temperature fitted on the holdout and the calibrated probabilities of every row."""
+
+    temperature: float
+    probs: np.ndarray
+    report: dict
+
+
+def training_rows(config: Config, snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row indices, class indices, sample weights) of labeled ∪ pseudo rows.
+
+    Human labels weigh 1 (or the hard-example weight the last round gave them); pseudo labels
+    weigh their calibrated confidence, or the configured constant factor.
+    """
+    labels = snapshot.label_index()
+    idx, weights = [], []
+    factor = config.train.pseudo_weight
+    for i, row in enumerate(snapshot.rows):
+        if row.pool == "labeled":
+            idx.append(i)
+            weights.append(row.weight)
+        elif row.pool == "pseudo":
+            idx.append(i)
+            weights.append(float(row.confidence or 0.0) if factor == "confidence" else float(factor))
+    rows = np.array(idx, dtype=np.int64)
+    return rows, labels[rows], np.array(weights, dtype=np.float32)
+
+
+class Learner:
+    """A trained model for one round, in head or finetune mode."""
+
+    def __init__(self, config: Config, backbone: Backbone, head: MLPHead, mode: str,
+                 device: torch.device, features: np.ndarray | None, train_report: dict) -> None:
+        self.config = config
+        self.backbone = backbone
+        self.head = head
+        self.mode = mode
+        self.device = device
+        self.features = features
+        self.train_report = train_report
+
+    def score(self, rows: Sequence[Sample], *, progress: Progress | None = None,
+              mc_samples: int = 0) -> Scores:
+        """Logits and embeddings of every row (head mode reuses the cached features)."""
+        cfg = self.config
+        if self.mode == "head":
+            embeddings = self.features
+            logits = _head_logits(self.head, embeddings, self.device, cfg.train.batch_size * 8)
+        else:
+            classifier = Classifier(self.backbone.module, self.head)
+            out = predict(classifier, [(r.id, r.path) for r in rows],
+                          image_size=cfg.model.image_size, mean=self.backbone.mean,
+                          std=self.backbone.std, batch_size=cfg.train.batch_size,
+                          device=self.device, num_workers=cfg.train.num_workers,
+                          max_pixels=cfg.data.max_pixels,
+                          progress=_step(progress, "score"))
+            logits, embeddings = out.logits, out.embeddings
+        mc = None
+        if mc_samples:
+            mc = mc_dropout_probs(self.head, embeddings, T=mc_samples, seed=cfg.train.seed)
+        return Scores(np.asarray(logits, dtype=np.float32), embeddings, mc)
+
+    def calibrate(self, scores: Scores, snapshot: Snapshot) -> Calibration:
+        """Temperature scaling on the holdout; T = 1 when there is no holdout to fit it on."""
+        holdout = snapshot.mask("holdout")
+        y = snapshot.label_index()[holdout]
+        report: dict = {"holdout": int(holdout.sum())}
+        temperature = 1.0
+        if holdout.any():
+            temperature = float(fit_temperature(scores.logits[holdout], y))
+            before = softmax(scores.logits[holdout], 1.0)
+            after = softmax(scores.logits[holdout], temperature)
+            report |= {"ece_before": expected_calibration_error(before, y),
+                       "ece_after": expected_calibration_error(after, y)}
+        else:
+            report["note"] = "no holdout: temperature left at 1.0, thresholds act on raw softmax"
+        report["temperature"] = temperature
+        return Calibration(temperature, softmax(scores.logits, temperature), report)
+
+    def checkpoint(self, *, temperature: float, round_no: int, metrics: dict | None
+                   ) -> tuple[dict[str, torch.Tensor], dict]:
+        """State dict of backbone + head and the JSON sidecar describing it."""
+        model = Classifier(self.backbone.module, self.head)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        cfg = self.config
+        meta = {
+            "classes": list(cfg.classes), "backbone": cfg.model.backbone,
+            "image_size": cfg.model.image_size, "mean": list(self.backbone.mean),
+            "std": list(self.backbone.std), "temperature": temperature, "round": round_no,
+            "mode": self.mode, "head_hidden": list(cfg.train.head_hidden),
+            "dropout": cfg.train.dropout, "weights_id": self.backbone.weights_id,
+            "metrics": metrics,
+        }
+        return state, meta
+
+
+def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: int,
+                progress: Progress | None = None) -> Learner:
+    """Build the backbone, then train the head (head mode) or the whole network (finetune)."""
+    cfg = config
+    device = resolve_device(cfg.model.device)
+    mode = resolve_mode(cfg.model.mode, device)
+    torch.manual_seed(seed)
+    backbone = create_backbone(cfg.model.backbone, pretrained=cfg.model.pretrained,
+                               weights=cfg.model.weights)
+    rows, y, w = training_rows(cfg, snapshot)
+    holdout = np.flatnonzero(snapshot.mask("holdout"))
+    y_all = snapshot.label_index()
+    head_kwargs = dict(hidden=cfg.train.head_hidden, dropout=cfg.train.dropout)
+    common = dict(epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
+                  weight_decay=cfg.train.weight_decay, class_balance=cfg.train.class_balance,
+                  patience=cfg.train.patience, seed=seed, device=device)
+    if mode == "head":
+        cache = FeatureCache(cache_dir / "features")
+        features = extract_features(
+            backbone, [(r.id, r.path) for r in snapshot.rows], image_size=cfg.model.image_size,
+            cache=cache, batch_size=cfg.train.batch_size, device=device,
+            num_workers=cfg.train.num_workers, max_pixels=cfg.data.max_pixels,
+            progress=_step(progress, "features"),
+        )
+        fault_point("features-done")
+        result = train_head(features[rows], y, w, features[holdout], y_all[holdout],
+                            num_classes=len(cfg.classes), lr=cfg.train.lr, **head_kwargs,
+                            **common)
+        head = MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs)
+        head.load_state_dict(result.state)
+    else:
+        features = None
+        head = MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs)
+        classifier = Classifier(backbone.module, head)
+        paths = [r.path for r in snapshot.rows]
+        result = finetune(
+            classifier, [paths[i] for i in rows], y, w, [paths[i] for i in holdout],
+            y_all[holdout], image_size=cfg.model.image_size, mean=backbone.mean, std=backbone.std,
+            augment=cfg.augment, lr=cfg.train.finetune_lr, num_workers=cfg.train.num_workers,
+            max_pixels=cfg.data.max_pixels, progress=_step(progress, "train"), **common,
+        )
+    head.eval()
+    report = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+              "train_rows": int(len(rows)), "seconds": result.seconds}
+    return Learner(cfg, backbone, head, mode, device, features, report)
+
+
+def _head_logits(head: MLPHead, features: np.ndarray, device: torch.device, batch: int
+                 ) -> np.ndarray:
+    head = head.to(device).eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(features), batch):
+            chunk = torch.as_tensor(np.asarray(features[start:start + batch]), device=device)
+            out.append(head(chunk.float()).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, head_out_features(head)), np.float32)
+
+
+def head_out_features(head: MLPHead) -> int:
+    return [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
+
+
+def _step(progress: Progress | None, name: str) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(name, done, total)

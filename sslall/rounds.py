@@ -1,0 +1,204 @@
+"""One self-training round, top to bottom (the loop of docs/DESIGN: verify, train, calibrate,
+score, select, route, record).
+
+Nothing is written to the pool store until the very end, where every move of the round, the
+sample weights for the next round and the round's record commit in one transaction. The round's
+files are written to a temporary folder and renamed into `runs/round-NNNN/` just before that
+commit; the store is the truth, so a folder without a committed round is left-over from a killed
+round and is replaced by the next one. A round killed at any point leaves the pools as they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sslall.config import Config
+from sslall.errors import SslallError, UsageError
+from sslall.faults import fault_point
+from sslall.images import sha256_file
+from sslall.pools import SCORED_POOLS, Move, PoolStore, RoundRecord, Sample, utc_now
+from sslall.workspace import Workspace, round_lock
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Snapshot:
+    """The rows a round works on, read once at its start."""
+
+    classes: tuple[str, ...]
+    rows: list[Sample]
+    quarantine: list[Move] = field(default_factory=list)
+
+    def mask(self, *pools: str) -> np.ndarray:
+        return np.array([s.pool in pools for s in self.rows], dtype=bool)
+
+    def human_mask(self) -> np.ndarray:
+        return np.array([s.pool == "labeled" for s in self.rows], dtype=bool)
+
+    def label_index(self) -> np.ndarray:
+        """Class index of each row, -1 where it has no label."""
+        lookup = {c: i for i, c in enumerate(self.classes)}
+        return np.array([lookup.get(s.label, -1) for s in self.rows], dtype=np.int64)
+
+
+@dataclass
+class RoundResult:
+    """What a round did; `summary` is what the store and `--json` record."""
+
+    round: int
+    run_dir: Path
+    moves: dict[str, int]
+    metrics: dict | None
+    previous_metrics: dict | None
+    pools: dict[str, int]
+    seconds: dict[str, float]
+
+    @property
+    def changed(self) -> bool:
+        return sum(self.moves.values()) > 0
+
+    def summary(self) -> dict:
+        return {"round": self.round, "run_dir": str(self.run_dir), "moves": self.moves,
+                "metrics": self.metrics, "previous_metrics": self.previous_metrics,
+                "pools": self.pools, "seconds": self.seconds}
+
+
+def take_snapshot(store: PoolStore, classes: tuple[str, ...]) -> Snapshot:
+    return Snapshot(classes, list(store.samples(SCORED_POOLS)))
+
+
+def verify_files(snapshot: Snapshot, progress: Progress | None = None) -> Snapshot:
+    """Re-hash every file; a missing or changed one is quarantined, never trained on."""
+    kept, moves = [], []
+    for i, s in enumerate(snapshot.rows):
+        try:
+            ok = sha256_file(s.path) == s.id
+            reason = "changed-file: the file's bytes changed since import"
+        except OSError as exc:
+            ok, reason = False, f"missing-file: {exc.strerror}"
+        if ok:
+            kept.append(s)
+        else:
+            moves.append(Move(s.id, "quarantine", from_pool=s.pool, reason=reason))
+        if progress and (i % 256 == 0 or i == len(snapshot.rows) - 1):
+            progress("verify", i + 1, len(snapshot.rows))
+    return Snapshot(snapshot.classes, kept, moves)
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    start = time.perf_counter()
+    log.info("round step %s", step)
+    fault_point(step)
+    try:
+        yield
+    finally:
+        seconds[step] = round(time.perf_counter() - start, 3)
+
+
+def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None) -> RoundResult:
+    """Make one full round on a workspace; see the module docstring."""
+    from sslall.learner import fit_learner
+    from sslall.metrics import classification_metrics
+    from sslall.route import decide_pseudo_labels, decide_routing
+    from sslall.runfiles import write_run_dir
+
+    seconds: dict[str, float] = {}
+    with round_lock(ws), PoolStore(ws.db_path) as store:
+        round_no = store.last_round() + 1
+        started = utc_now()
+        with _timed(seconds, "verify"):
+            snapshot = verify_files(take_snapshot(store, config.classes), progress)
+        _require_training_data(snapshot)
+        with _timed(seconds, "train"):
+            learner = fit_learner(config, snapshot, cache_dir=ws.cache_dir,
+                                  seed=config.train.seed + round_no, progress=progress)
+        with _timed(seconds, "score"):
+            scores = learner.score(snapshot.rows, progress=progress,
+                                   mc_samples=10 if config.route.strategy == "bald" else 0)
+        with _timed(seconds, "calibrate"):
+            calibration = learner.calibrate(scores, snapshot)
+            probs = calibration.probs
+        with _timed(seconds, "select"):
+            pseudo = decide_pseudo_labels(config, snapshot, probs, scores.embeddings)
+        with _timed(seconds, "route"):
+            routing = decide_routing(config, snapshot, probs, scores, pseudo,
+                                     rng=np.random.default_rng(config.train.seed + round_no))
+        to_review = {m.sample_id for m in routing.moves}
+        moves = (snapshot.quarantine + [m for m in pseudo.moves if m.sample_id not in to_review]
+                 + routing.moves)
+        holdout = snapshot.mask("holdout")
+        metrics = None
+        if holdout.any():
+            y = snapshot.label_index()[holdout]
+            metrics = classification_metrics(y, probs[holdout].argmax(1), probs[holdout],
+                                              list(config.classes))
+        pools_after = _pools_after(store.pool_sizes(), moves)
+        previous = store.rounds()[-1].get("metrics") if store.last_round() else None
+        result = RoundResult(round_no, ws.round_dir(round_no), _count_moves(moves), metrics,
+                             previous, pools_after, seconds)
+        with _timed(seconds, "record"):
+            extra = {"calibration": calibration.report, "thresholds": pseudo.thresholds,
+                     "pseudo_per_class": pseudo.per_class, "mode": learner.mode,
+                     "device": str(learner.device), "train": learner.train_report}
+            try:
+                write_run_dir(ws, round_no, learner, calibration.temperature, result, extra,
+                              snapshot, probs, moves, routing.weights)
+                fault_point("run-dir-renamed")
+                store.apply_moves(moves, round_no=round_no, weights=routing.weights,
+                                  record=RoundRecord(round_no, started, {
+                                      **result.summary(), **{k: extra[k] for k in
+                                                             ("mode", "device", "thresholds")}}))
+            except (OSError, sqlite3.OperationalError) as exc:
+                raise SslallError(
+                    f"round {round_no} could not be recorded ({exc}); the pools are unchanged"
+                ) from None
+    return result
+
+
+def _require_training_data(snapshot: Snapshot) -> None:
+    labels = snapshot.label_index()[snapshot.human_mask()]
+    present = set(labels.tolist())
+    missing = [c for i, c in enumerate(snapshot.classes) if i not in present]
+    if not present:
+        raise UsageError("the labeled pool is empty; add labeled images first (`sslall add labeled`)")
+    if missing:
+        raise UsageError(f"no labeled images of class(es) {missing}; every class needs at least "
+                         "one (`sslall add labeled`)")
+
+
+def _count_moves(moves: list[Move]) -> dict[str, int]:
+    return dict(Counter(f"{m.from_pool}->{m.to_pool}" for m in moves))
+
+
+def _pools_after(before: dict[str, int], moves: list[Move]) -> dict[str, int]:
+    after = dict(before)
+    for m in moves:
+        after[m.from_pool or ""] = after.get(m.from_pool or "", 0) - 1
+        after[m.to_pool] = after.get(m.to_pool, 0) + 1
+    after.pop("", None)
+    return after
+
+
+def remove_stale_run_dir(path: Path) -> None:
+    """Delete a round folder left by a round whose store commit never happened."""
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def partial_dir(ws: Workspace, round_no: int) -> Path:
+    return ws.runs_dir / f".partial-round-{round_no:04d}-{os.getpid()}"

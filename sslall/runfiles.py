@@ -1,0 +1,88 @@
+"""The files of one round: `runs/round-NNNN/` with the checkpoint, metrics and predictions.
+
+Written into a partial folder first and renamed into place, so a reader never sees half a round.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sslall.faults import fault_point
+from sslall.pools import Move
+
+if TYPE_CHECKING:
+    from sslall.learner import Learner
+    from sslall.rounds import RoundResult, Snapshot
+    from sslall.workspace import Workspace
+
+PREDICTION_COLUMNS = ("sample_id", "path", "pool", "label", "prediction", "confidence", "margin",
+                      "entropy", "routed_to")
+
+
+def write_run_dir(ws: Workspace, round_no: int, learner: Learner, temperature: float,
+                  result: RoundResult, extra: dict, snapshot: Snapshot, probs: np.ndarray,
+                  moves: list[Move], weights: dict[str, float]) -> None:
+    """Write checkpoint, metrics.json and predictions.csv, then rename the folder into place."""
+    from sslall.checkpoints import save_checkpoint
+
+    final = ws.round_dir(round_no)
+    tmp = ws.runs_dir / f".partial-round-{round_no:04d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    state, meta = learner.checkpoint(temperature=temperature, round_no=round_no,
+                                     metrics=result.metrics)
+    save_checkpoint(tmp, state, meta)
+    fault_point("checkpoint-written")
+    metrics = {**result.summary(), **extra}
+    _write_atomic(tmp / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    _write_predictions(tmp / "predictions.csv", snapshot, probs, moves, weights)
+    _fsync_dir(tmp)
+    if final.exists():  # left by a round that never committed: the store is the truth
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _write_predictions(path, snapshot: Snapshot, probs: np.ndarray, moves: list[Move],
+                       weights: dict[str, float]) -> None:
+    routed = {m.sample_id: m.to_pool for m in moves}
+    top2 = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] > 1 else np.hstack([probs, probs])
+    margin = top2[:, 1] - top2[:, 0]
+    entropy = -(probs * np.log(np.clip(probs, 1e-12, 1))).sum(1)
+    pred = probs.argmax(1)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(PREDICTION_COLUMNS)
+        for i, s in enumerate(snapshot.rows):
+            to = routed.get(s.id) or ("up-weighted" if s.id in weights else "")
+            writer.writerow([s.id, s.path, s.pool, s.label or "", snapshot.classes[pred[i]],
+                             f"{probs[i, pred[i]]:.5f}", f"{margin[i]:.5f}", f"{entropy[i]:.5f}",
+                             to])
+        for m in snapshot.quarantine:
+            writer.writerow([m.sample_id, "", m.from_pool, "", "", "", "", "", "quarantine"])
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_atomic(path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

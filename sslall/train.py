@@ -1,0 +1,395 @@
+"""The trainers: an MLP head on cached features (`train_head`) and end to end (`finetune`).
+
+Both take per-sample weights (1 for a human label, the confidence or a constant factor for a
+pseudo label, `hard_weight` for a hard example the last round routed back), balance classes by
+a seeded `WeightedRandomSampler` or by class weights in the loss, and stop early on the
+validation (holdout) macro-F1, keeping the best epoch's weights (the earlier epoch on a tie).
+Samples of weight 0 are dropped before training, so they cannot influence it at all.
+
+The loss is sum(w_i * CE_i) / batch size with the weights scaled to mean 1 over the training
+set, so a batch of low-confidence pseudo labels moves the model less than a batch of human
+labels. Training runs under a forked RNG seeded with `seed`: two runs on a CPU give identical
+weights, and the caller's global RNG is untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from torch import nn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from sslall.data import ImageDataset, eval_transform, make_loader, train_transform
+from sslall.errors import ConfigError, ModelError
+from sslall.models import Classifier, MLPHead
+
+if TYPE_CHECKING:
+    from sslall.config import AugmentConfig
+
+__all__ = ["CLASS_BALANCE", "TrainResult", "TrainSet", "finetune", "resolve_device", "resolve_mode",
+           "train_head"]
+
+log = logging.getLogger(__name__)
+
+CLASS_BALANCE = ("sampler", "loss", "none")
+BACKBONE_LR_FACTOR = 0.1  # finetune: the pretrained backbone moves 10x slower than the new head
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class TrainSet:
+    """Training rows: features [N, D] (head mode) or image paths (finetune), labels, weights."""
+
+    inputs: np.ndarray | Sequence[str]
+    labels: np.ndarray
+    weights: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.weights = np.asarray(self.weights, dtype=np.float32).reshape(-1)
+        if not len(self.inputs) == len(self.labels) == len(self.weights):
+            raise ValueError(f"TrainSet needs equal lengths, got inputs {len(self.inputs)}, "
+                             f"labels {len(self.labels)}, weights {len(self.weights)}")
+        if not np.isfinite(self.weights).all() or (self.weights < 0).any():
+            raise ValueError("sample weights must be finite and >= 0")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class TrainResult:
+    """The kept weights (CPU tensors), the epoch they come from, per-epoch history, wall time."""
+
+    state: dict[str, torch.Tensor]
+    best_epoch: int
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def resolve_device(requested: str | torch.device) -> torch.device:
+    """`auto` -> cuda when available, else cpu; `cuda[:n]`/`mps` must be available.
+
+    Raises:
+        ModelError: the requested accelerator is not available on this machine.
+        ConfigError: `requested` names no device.
+    """
+    text = str(requested).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ConfigError("model.device", f"'{requested}' is not a device", "auto, cpu, cuda, cuda:N, mps") \
+            from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError(f"device '{requested}' was requested but CUDA is not available here "
+                             f"(torch {torch.__version__}); set model.device = \"auto\" or \"cpu\"")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelError(f"device '{requested}' does not exist: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ModelError(f"device '{requested}' was requested but Apple MPS is not available here; "
+                             "set model.device = \"auto\" or \"cpu\"")
+    elif device.type != "cpu":
+        raise ConfigError("model.device", f"'{requested}' is not supported", "auto, cpu, cuda, cuda:N, mps")
+    return device
+
+
+def resolve_mode(mode: str, device: torch.device) -> str:
+    """`head` or `finetune`; `auto` fine-tunes on CUDA and trains a head on cached features elsewhere."""
+    if mode in ("head", "finetune"):
+        return mode
+    if mode == "auto":
+        return "finetune" if torch.device(device).type == "cuda" else "head"
+    raise ConfigError("model.mode", f"'{mode}' is not a mode", "auto, head, finetune")
+
+
+def train_head(
+    train_x: np.ndarray, train_y: np.ndarray, train_w: np.ndarray,
+    val_x: np.ndarray | None = None, val_y: np.ndarray | None = None, *,
+    num_classes: int, hidden: Sequence[int] = (64, 64), dropout: float = 0.2, epochs: int = 30,
+    batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4, class_balance: str = "sampler",
+    patience: int = 5, seed: int = 0, device: torch.device | str = "cpu", progress: Progress | None = None,
+) -> TrainResult:
+    """Train an `MLPHead(D, num_classes, hidden, dropout)` on features with AdamW.
+
+    With validation rows, stops after `patience` epochs without a better val macro-F1
+    (`patience` < 1: never early) and keeps the best epoch; without, keeps the last epoch.
+    `progress(epoch, epochs)` after each epoch.
+
+    Raises:
+        ValueError: inconsistent shapes, labels outside 0..num_classes-1, negative weights,
+            no row of positive weight, or an unknown `class_balance`.
+        ModelError: the loss became NaN/inf (learning rate too high for these features).
+    """
+    x = np.asarray(train_x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"train_x must be [N, D], got shape {x.shape}")
+    x, y, w = _prepare(x, train_y, train_w, num_classes, class_balance, epochs, batch_size)
+    has_val = val_x is not None and val_y is not None and len(val_y) > 0
+    device = torch.device(device)
+    started = time.perf_counter()
+    with _seeded(seed, device):
+        head = MLPHead(x.shape[1], num_classes, hidden=hidden, dropout=dropout).to(device)
+        optimizer = torch.optim.AdamW(_param_groups(head, lr, weight_decay))
+        xt = torch.as_tensor(x, device=device)
+        yt = torch.as_tensor(y, device=device)
+        wt = torch.as_tensor(_loss_weights(y, w, num_classes, class_balance), device=device)
+        generator = torch.Generator().manual_seed(seed)
+        draw = torch.as_tensor(_sampler_weights(y, num_classes)) if class_balance == "sampler" else None
+        best = _Best(patience)
+        for epoch in range(1, epochs + 1):
+            head.train()
+            order = (torch.multinomial(draw, len(y), replacement=True, generator=generator)
+                     if draw is not None else torch.randperm(len(y), generator=generator))
+            total = 0.0
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size].to(device)
+                loss = (F.cross_entropy(head(xt[idx]), yt[idx], reduction="none") * wt[idx]).mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(idx)
+            record = {"epoch": epoch, "train_loss": _finite(total / len(order), epoch, lr),
+                      "val_macro_f1": _head_f1(head, val_x, val_y, device) if has_val else None}
+            best.history.append(record)
+            if progress is not None:
+                progress(epoch, epochs)
+            if has_val and best.update(epoch, record["val_macro_f1"], head):
+                break
+    if not has_val:
+        best.keep(len(best.history), head)
+    log.debug("head trained: best epoch %d of %d", best.epoch, len(best.history))
+    return TrainResult(best.state, best.epoch, best.history, time.perf_counter() - started)
+
+
+def finetune(
+    classifier: Classifier, train_paths: Sequence[str], train_y: np.ndarray, train_w: np.ndarray,
+    val_paths: Sequence[str] = (), val_y: np.ndarray | None = None, *,
+    image_size: int, mean: Sequence[float], std: Sequence[float], augment: AugmentConfig,
+    epochs: int = 30, batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 1e-4,
+    class_balance: str = "sampler", patience: int = 5, seed: int = 0, device: torch.device | str = "cpu",
+    num_workers: int = 0, max_pixels: int = 50_000_000, progress: Progress | None = None,
+) -> TrainResult:
+    """Train `classifier` end to end on images with augmentation; it is left holding the kept
+    weights, in eval mode, on `device`.
+
+    AdamW (backbone at lr * 0.1, head at lr; no weight decay on biases and norms), cosine
+    schedule per step, and on CUDA only: channels_last and autocast (bf16 when supported, else
+    fp16 with a GradScaler). Early stopping as in `train_head`; `progress(step, total_steps)`.
+
+    Raises:
+        ValueError, ModelError: as `train_head`; UnreadableImage if an image cannot be decoded.
+    """
+    num_classes = _n_classes(classifier)
+    rows = np.arange(len(train_paths), dtype=np.float64)[:, None]  # _prepare drops weight-0 rows
+    kept, y, w = _prepare(rows, train_y, train_w, num_classes, class_balance, epochs, batch_size)
+    paths = [str(train_paths[int(i)]) for i in kept[:, 0]]
+    has_val = val_y is not None and len(val_y) > 0
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
+    started = time.perf_counter()
+    with _seeded(seed, device):
+        classifier.to(device)
+        if cuda:
+            classifier.to(memory_format=torch.channels_last)
+        dataset = ImageDataset(paths, train_transform(image_size, mean, std, augment), max_pixels=max_pixels)
+        sampler = None
+        if class_balance == "sampler":
+            sampler = WeightedRandomSampler(_sampler_weights(y, num_classes).tolist(), len(y),
+                                            generator=torch.Generator().manual_seed(seed))
+        loader = make_loader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                             num_workers=num_workers, seed=seed,
+                             drop_last=len(y) > batch_size and len(y) % batch_size == 1)  # no BN on 1 row
+        val_loader = None
+        if has_val:
+            val_set = ImageDataset([str(p) for p in val_paths], eval_transform(image_size, mean, std),
+                                   max_pixels=max_pixels)
+            val_loader = make_loader(val_set, batch_size=batch_size, num_workers=num_workers)
+        yt = torch.as_tensor(y)
+        wt = torch.as_tensor(_loss_weights(y, w, num_classes, class_balance))
+        head_ids = {id(p) for p in classifier.head.parameters()}
+        groups = [*_param_groups(classifier.backbone, lr * BACKBONE_LR_FACTOR, weight_decay, skip=head_ids),
+                  *_param_groups(classifier.head, lr, weight_decay)]
+        optimizer = torch.optim.AdamW(groups)
+        total_steps = max(1, epochs * len(loader))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
+        autocast = (lambda: torch.autocast("cuda", dtype=amp)) if amp is not None else nullcontext
+        best, step = _Best(patience), 0
+        for epoch in range(1, epochs + 1):
+            classifier.train()
+            total, seen = 0.0, 0
+            for x, idx in loader:
+                x = x.to(device, non_blocking=True)
+                if cuda:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast():
+                    logits = classifier(x)
+                ce = F.cross_entropy(logits.float(), yt[idx].to(device), reduction="none")
+                loss = (ce * wt[idx].to(device)).mean()
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                schedule.step()
+                total, seen, step = total + float(loss.detach()) * len(idx), seen + len(idx), step + 1
+                if progress is not None:
+                    progress(step, total_steps)
+            f1 = _loader_f1(classifier, val_loader, val_y, device, autocast) if val_loader else None
+            best.history.append({"epoch": epoch, "train_loss": _finite(total / max(seen, 1), epoch, lr),
+                                 "val_macro_f1": f1})
+            if has_val and best.update(epoch, f1, classifier):
+                break
+    if has_val:
+        classifier.load_state_dict(best.state)
+    else:
+        best.keep(len(best.history), classifier)
+    if cuda:
+        classifier.to(memory_format=torch.contiguous_format)
+    classifier.eval()
+    return TrainResult(best.state, best.epoch, best.history, time.perf_counter() - started)
+
+
+# --- implementation ---------------------------------------------------------------------
+
+
+class _Best:
+    """Early stopping on a score (higher is better); ties keep the earlier epoch."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = int(patience)
+        self.score = -math.inf
+        self.epoch = 0
+        self.state: dict[str, torch.Tensor] = {}
+        self.history: list[dict] = []
+
+    def update(self, epoch: int, score: float, module: nn.Module) -> bool:
+        """Record the epoch's score; True when training should stop."""
+        if score > self.score:
+            self.score = score
+            self.keep(epoch, module)
+        return self.patience > 0 and epoch - self.epoch >= self.patience
+
+    def keep(self, epoch: int, module: nn.Module) -> None:
+        self.epoch = epoch
+        self.state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch inside a forked RNG so the caller's random state is left as it was."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _prepare(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, num_classes: int, class_balance: str,
+    epochs: int, batch_size: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate once and drop the rows of weight 0."""
+    if class_balance not in CLASS_BALANCE:
+        raise ValueError(f"class_balance must be one of {', '.join(CLASS_BALANCE)}, got {class_balance!r}")
+    if epochs < 1 or batch_size < 1 or num_classes < 2:
+        raise ValueError(f"need epochs >= 1, batch_size >= 1, num_classes >= 2; got {epochs}, "
+                         f"{batch_size}, {num_classes}")
+    y = np.asarray(y, dtype=np.int64).reshape(-1)
+    w = np.asarray(w, dtype=np.float32).reshape(-1)
+    if not len(x) == len(y) == len(w):
+        raise ValueError(f"inputs ({len(x)}), labels ({len(y)}) and weights ({len(w)}) differ in length")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"labels must be class indices in 0..{num_classes - 1}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError("sample weights must be finite and >= 0")
+    if not np.isfinite(x).all():
+        raise ValueError("training features contain NaN or infinite values")
+    keep = w > 0
+    if not keep.any():
+        raise ValueError(f"no training row has a positive weight ({len(w)} rows)")
+    return x[keep], y[keep], w[keep]
+
+
+def _loss_weights(y: np.ndarray, w: np.ndarray, num_classes: int, class_balance: str) -> np.ndarray:
+    """Per-sample loss weights, times balanced class weights for `loss`, scaled to mean 1."""
+    weight = w.astype(np.float64)
+    if class_balance == "loss":
+        counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+        per_class = len(y) / (np.count_nonzero(counts) * np.maximum(counts, 1.0))
+        weight = weight * per_class[y]
+    return (weight / weight.mean()).astype(np.float32)
+
+
+def _sampler_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
+    """Draw probabilities that give every present class the same expected share of a batch."""
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    return 1.0 / counts[y]
+
+
+def _param_groups(module: nn.Module, lr: float, weight_decay: float, skip: set[int] | None = None
+                  ) -> list[dict]:
+    """AdamW groups: weight decay on matrices and kernels only, not on biases and norm scales."""
+    decay, plain = [], []
+    for param in module.parameters():
+        if param.requires_grad and id(param) not in (skip or set()):
+            (decay if param.ndim > 1 else plain).append(param)
+    groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay},
+              {"params": plain, "lr": lr, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def _finite(loss: float, epoch: int, lr: float) -> float:
+    if not math.isfinite(loss):
+        raise ModelError(f"training diverged: the loss is {loss} at epoch {epoch}; lower the learning "
+                         f"rate (now {lr:g}) or check the inputs")
+    return float(loss)
+
+
+def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    y_true = np.asarray(y_true, dtype=np.int64)
+    return float(f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0))
+
+
+def _head_f1(head: nn.Module, val_x: np.ndarray, val_y: np.ndarray, device: torch.device) -> float:
+    head.eval()
+    preds = []
+    with torch.inference_mode():
+        for start in range(0, len(val_x), 8192):
+            chunk = torch.as_tensor(np.asarray(val_x[start : start + 8192], dtype=np.float32), device=device)
+            preds.append(head(chunk).argmax(1).cpu().numpy())
+    return _macro_f1(val_y, np.concatenate(preds))
+
+
+def _loader_f1(model: nn.Module, loader: DataLoader, val_y: np.ndarray, device: torch.device,
+               autocast: Callable[[], object]) -> float:
+    model.eval()
+    preds = np.zeros(len(val_y), dtype=np.int64)
+    with torch.inference_mode():
+        for x, idx in loader:
+            x = x.to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                preds[idx.numpy()] = model(x).argmax(1).cpu().numpy()
+    return _macro_f1(val_y, preds)
+
+
+def _n_classes(classifier: Classifier) -> int:
+    return int([m for m in classifier.head.modules() if isinstance(m, nn.Linear)][-1].out_features)
+

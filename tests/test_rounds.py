@@ -1,0 +1,196 @@
+"""A round end to end on tiny synthetic cells, the lock, and rounds killed with SIGKILL."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import invoke
+
+from sslall.faults import POINTS
+from sslall.pools import PoolStore
+from sslall.synthetic import write_dataset
+from sslall.workspace import Workspace, round_lock
+
+CLASSES = ("L1", "L2", "L3")
+
+TINY_CONFIG = """
+[model]
+backbone = "baseline-cnn"
+pretrained = false
+image_size = 32
+mode = "head"
+
+[train]
+epochs = 8
+batch_size = 16
+patience = 4
+
+[pseudo]
+threshold = 0.6
+knn_k = 3
+knn_agreement = 0.5
+
+[route]
+budget = 4
+"""
+
+
+def build_workspace(root: Path, runner) -> Path:
+    """3 classes x 24 synthetic 32-px cells: 5 labeled, 5 holdout, the rest unlabeled, each."""
+    cells = root / "cells"
+    samples = write_dataset(cells, CLASSES, 24, size=32, seed=3, difficulty=0.3)
+    manifests = {p: [] for p in ("labeled", "holdout", "unlabeled")}
+    count: dict[str, int] = {}
+    for s in samples:
+        k = count[s.label] = count.get(s.label, 0) + 1
+        pool = "labeled" if k <= 5 else "holdout" if k <= 10 else "unlabeled"
+        manifests[pool].append((s.path.relative_to(cells).as_posix(), s.label))
+    ws = root / "ws"
+    assert invoke(runner, "init", ws, "--classes", ",".join(CLASSES)).exit_code == 0
+    text = (ws / "sslall.toml").read_text()
+    head, _ = text.split("\n[model]", 1)
+    (ws / "sslall.toml").write_text(head + "\n" + TINY_CONFIG)
+    for pool, rows in manifests.items():
+        path = cells / f"{pool}.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "label"] if pool != "unlabeled" else ["path"])
+            writer.writerows(rows if pool != "unlabeled" else [(r[0],) for r in rows])
+        result = invoke(runner, "add", pool, path, "-w", ws, "--workers", "1")
+        assert result.exit_code == 0, result.output
+    return ws
+
+
+@pytest.fixture
+def tiny_ws(tmp_path: Path, runner) -> Path:
+    return build_workspace(tmp_path, runner)
+
+
+def pools_of(ws: Path) -> dict[str, int]:
+    with PoolStore(ws / "pools" / "pools.db") as store:
+        return store.pool_sizes()
+
+
+def sslall(*args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "sslall", *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=300, **kw)
+
+
+def test_round_end_to_end(tiny_ws: Path, runner) -> None:
+    before = pools_of(tiny_ws)
+    result = invoke(runner, "round", "-w", tiny_ws, "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    summary = json.loads(result.stdout[result.stdout.index("{"):result.stdout.rindex("}") + 1])
+    assert summary["round"] == 1
+    run = tiny_ws / "runs" / "round-0001"
+    for name in ("model.safetensors", "model.json", "metrics.json", "predictions.csv"):
+        assert (run / name).is_file(), name
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["classes"] == list(CLASSES) and meta["backbone"] == "baseline-cnn"
+    assert meta["temperature"] > 0 and meta["round"] == 1
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "ece",
+                "confusion_matrix", "per_class"):
+        assert key in metrics["metrics"], key
+    assert set(metrics["calibration"]) >= {"temperature", "ece_before", "ece_after"}
+    assert set(metrics["seconds"]) >= {"verify", "train", "score", "calibrate", "select", "route"}
+    with (run / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == sum(before.values())
+    assert set(rows[0]) == {"sample_id", "path", "pool", "label", "prediction", "confidence",
+                            "margin", "entropy", "routed_to"}
+    after = pools_of(tiny_ws)
+    assert sum(after.values()) == sum(before.values())
+    assert after["labeled"] == before["labeled"] and after["holdout"] == before["holdout"]
+    assert after["review"] == 4
+    assert after == summary["pools"]
+    assert sslall("check", "-w", tiny_ws).returncode == 0
+
+    status = json.loads(invoke(runner, "status", "-w", tiny_ws, "--json").stdout)
+    assert status["rounds"][0]["round"] == 1 and status["latest_checkpoint"].endswith("round-0001")
+
+    # the review queue, labelled by hand through CSV
+    queue = tiny_ws / "queue.csv"
+    assert invoke(runner, "review", "export", "--csv", queue, "-w", tiny_ws).exit_code == 0
+    with queue.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4
+    rows[0]["label"] = Path(rows[0]["path"]).parent.name
+    rows[1]["label"] = "skip"
+    rows[2]["label"] = "NotAClass"
+    with queue.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    result = invoke(runner, "review", "import", "--csv", queue, "-w", tiny_ws, "--json")
+    report = json.loads(result.stdout)
+    assert (report["labeled"], report["skipped"], report["pending"]) == (1, 1, 1)
+    assert "not a class" in report["rejected"][0]
+    assert pools_of(tiny_ws)["review"] == 2
+
+    # predict and evaluate with the latest checkpoint
+    img = rows[3]["path"]
+    result = invoke(runner, "predict", img, "-w", tiny_ws, "--json")
+    assert result.exit_code == 0, result.stderr
+    pred = json.loads(result.stdout)[0]
+    assert pred["class"] in CLASSES and abs(sum(pred["probabilities"].values()) - 1) < 1e-3
+    result = invoke(runner, "evaluate", tiny_ws.parent / "cells", "-w", tiny_ws, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["images"] == 72
+
+    # the second round reuses every cached feature and runs normally
+    result = invoke(runner, "run", "--rounds", "1", "-w", tiny_ws, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert sslall("check", "-w", tiny_ws).returncode == 0
+
+
+def test_a_second_round_exits_at_once_with_the_lock_code(tiny_ws: Path) -> None:
+    with round_lock(Workspace(tiny_ws), "sslall round"):
+        started = time.monotonic()
+        busy = sslall("round", "-w", tiny_ws)
+        assert time.monotonic() - started < 30
+    assert busy.returncode == 75
+    assert f"pid {os.getpid()}" in busy.stderr and "already running" in busy.stderr
+    status = sslall("status", "-w", tiny_ws)
+    assert status.returncode == 0
+
+
+def test_bad_flags_are_one_line(tiny_ws: Path, runner) -> None:
+    result = invoke(runner, "round", "-w", tiny_ws, "--threshold", "1.5")
+    assert result.exit_code == 2 and "'--threshold': 1.5 is out of range" in result.stderr
+    result = invoke(runner, "round", "-w", tiny_ws, "--strategy", "best")
+    assert result.exit_code == 2 and "allowed: margin, entropy" in result.stderr
+    result = invoke(runner, "round", "-w", tiny_ws, "--budget", "-3")
+    assert result.exit_code == 2 and "--budget" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", POINTS)
+def test_round_killed_at_any_point_leaves_the_pools_as_they_were(tmp_path: Path, runner,
+                                                                point: str) -> None:
+    ws = build_workspace(tmp_path, runner)
+    before = pools_of(ws)
+    marker = tmp_path / "paused"
+    proc = subprocess.Popen([sys.executable, "-m", "sslall", "round", "-w", str(ws)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "SSLALL_PAUSE_AT": point,
+                                 "SSLALL_PAUSE_FILE": str(marker)})
+    deadline = time.monotonic() + 240
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), f"the round never reached {point} (rc={proc.poll()})"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert pools_of(ws) == before
+    check = sslall("check", "-w", ws)
+    assert check.returncode == 0, check.stdout
+    again = sslall("round", "-w", ws)
+    assert again.returncode == 0, again.stderr
+    assert (ws / "runs" / "round-0001" / "model.safetensors").is_file()
+    assert sslall("check", "-w", ws).returncode == 0
