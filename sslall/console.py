@@ -92,7 +92,7 @@ def cli_errors(fn: F) -> F:
 def open_workspace(option: Path | None) -> tuple[Workspace, Config]:
     ws = find_workspace(option)
     config = ws.config()
-    setup_logging(ws.log_path, is_quiet())
+    setup_logging(ws.log_path)
     return ws, config
 
 
@@ -125,21 +125,26 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Callabl
         yield update
 
 
-def setup_logging(workspace_log: Path | None, quiet: bool) -> None:
-    """Log to the workspace's log file (when known); warnings also to stderr unless quiet."""
+def setup_logging(workspace_log: Path | None) -> None:
+    """Log everything to the workspace's log file (what unattended runs leave behind)."""
     root = logging.getLogger("sslall")
     root.setLevel(logging.INFO)
-    if workspace_log is not None and not any(
-        isinstance(h, logging.FileHandler) for h in root.handlers
-    ):
-        try:
-            workspace_log.parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(workspace_log, encoding="utf-8")
-        except OSError:
+    if workspace_log is None:
+        return
+    target = str(workspace_log.resolve())
+    for h in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        if h.baseFilename == target:
             return
-        handler.setFormatter(logging.Formatter(
-            f"%(asctime)s pid={os.getpid()} %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
+        root.removeHandler(h)
+        h.close()
+    try:
+        workspace_log.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(workspace_log, encoding="utf-8")
+    except OSError:  # a read-only workspace still answers read commands
+        return
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s pid={os.getpid()} %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
 
 
 @contextmanager

@@ -194,3 +194,74 @@ def test_round_killed_at_any_point_leaves_the_pools_as_they_were(tmp_path: Path,
     assert again.returncode == 0, again.stderr
     assert (ws / "runs" / "round-0001" / "model.safetensors").is_file()
     assert sslall("check", "-w", ws).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def template_ws(tmp_path_factory) -> Path:
+    from typer.testing import CliRunner
+
+    return build_workspace(tmp_path_factory.mktemp("template"), CliRunner())
+
+
+def copy_ws(template: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(template.parent, tmp_path / "copy", symlinks=True)
+    ws = tmp_path / "copy" / "ws"
+    # manifests were imported by absolute path; point the copy's store at its own files
+    with PoolStore(ws / "pools" / "pools.db") as store, store.transaction() as conn:
+        conn.execute("UPDATE samples SET path = replace(path, ?, ?)",
+                     (str(template.parent), str(tmp_path / "copy")))
+    return ws
+
+
+@pytest.mark.parametrize(("strategy", "policy"), [("bald", "adaptive"), ("coreset", "fixed"),
+                                                  ("typiclust", "fixed"), ("entropy", "adaptive"),
+                                                  ("least-confidence", "fixed"),
+                                                  ("random", "fixed")])
+def test_every_strategy_and_policy_runs_a_round(template_ws: Path, tmp_path: Path, runner,
+                                                strategy: str, policy: str) -> None:
+    ws = copy_ws(template_ws, tmp_path)
+    result = invoke(runner, "round", "-w", ws, "--strategy", strategy, "--policy", policy,
+                    "--budget", "5", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert pools_of(ws)["review"] == 5
+    assert sslall("check", "-w", ws, "--no-files").returncode == 0
+
+
+def test_finetune_mode_round(template_ws: Path, tmp_path: Path, runner) -> None:
+    ws = copy_ws(template_ws, tmp_path)
+    result = invoke(runner, "round", "-w", ws, "--mode", "finetune", "--json")
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads((ws / "runs" / "round-0001" / "metrics.json").read_text())
+    assert metrics["mode"] == "finetune" and metrics["device"] == "cpu"
+    assert metrics["metrics"]["macro_f1"] is not None
+
+
+def test_quiet_round_prints_nothing_and_logs_to_the_workspace(template_ws: Path, tmp_path: Path,
+                                                               runner) -> None:
+    ws = copy_ws(template_ws, tmp_path)
+    result = invoke(runner, "--quiet", "round", "-w", ws)
+    assert result.exit_code == 0
+    assert result.stdout == "" and result.stderr == ""
+    log = (ws / "logs" / "sslall.log").read_text()
+    assert "round step train" in log and "round 1 recorded" in log
+
+
+def test_changed_file_is_quarantined_at_the_next_round(template_ws: Path, tmp_path: Path,
+                                                        runner) -> None:
+    ws = copy_ws(template_ws, tmp_path)
+    with PoolStore(ws / "pools" / "pools.db") as store:
+        victim = next(store.samples("unlabeled"))
+    Path(victim.path).write_bytes(b"edited after import")
+    assert invoke(runner, "round", "-w", ws).exit_code == 0
+    with PoolStore(ws / "pools" / "pools.db") as store:
+        sample = store.get(victim.id)
+    assert sample.pool == "quarantine" and sample.reason.startswith("changed-file")
+
+
+def test_round_without_labels_of_every_class_is_refused(tmp_path: Path, runner) -> None:
+    ws = tmp_path / "ws"
+    invoke(runner, "init", ws, "--classes", "A,B")
+    result = invoke(runner, "round", "-w", ws)
+    assert result.exit_code == 2 and "labeled pool is empty" in result.stderr
