@@ -64,3 +64,11 @@ def test_invalid_toml_is_one_line(tmp_path: Path) -> None:
 
 def test_parse_classes_from_comma_string() -> None:
     assert parse_classes("Benign, Early,Pre") == ("Benign", "Early", "Pre")
+
+
+def test_readme_documents_every_config_key() -> None:
+    from sslall.config import KEY_DOCS
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [k for k in KEY_DOCS if f"`{k}`" not in readme]
+    assert not missing, f"README lacks config keys {missing}"
