@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from sslall.errors import ModelError, NotFoundError
+from sslall.fsutil import fsync_dir, temp_path, write_atomic
 
 __all__ = [
     "LITE0",
@@ -152,7 +152,7 @@ def write_safetensors(
     path = Path(path)
     plain = _plain_tensors(tensors)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
+    tmp = temp_path(path)
     try:
         save_file(plain, str(tmp), metadata=metadata)
         with open(tmp, "rb") as fh:
@@ -161,7 +161,7 @@ def write_safetensors(
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return digest
 
 
@@ -184,7 +184,7 @@ def save_checkpoint(directory: Path, state: Mapping[str, torch.Tensor], meta: di
     directory = Path(directory)
     digest = write_safetensors(directory / WEIGHTS_NAME, state, metadata={"format": "sslall-checkpoint"})
     full = {**meta, "format_version": FORMAT_VERSION, "weights_sha256": digest}
-    _write_text_atomic(directory / META_NAME, json.dumps(full, indent=2, sort_keys=True) + "\n")
+    write_atomic(directory / META_NAME, json.dumps(full, indent=2, sort_keys=True) + "\n")
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -316,38 +316,6 @@ def _plain_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
         seen.add(ptr)
         out[key] = tensor
     return out
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _temp_path(path: Path) -> Path:
-    """A fresh name beside `path`; the file is created by its writer, so the umask applies."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some filesystems cannot open a folder; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        log.debug("fsync of folder %s not supported", directory)
-    finally:
-        os.close(fd)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -148,7 +148,9 @@ def status_data(ws: Workspace, config: Config) -> dict:
     with PoolStore(ws.db_path) as store:
         counts = store.counts()
         rounds = store.rounds()
-    checkpoints = sorted(ws.runs_dir.glob("round-*/model.safetensors"))
+        last = store.last_round()
+    # The store decides: a round folder without a committed round is a killed round's leftover.
+    checkpoint = ws.round_dir(last) if last and (ws.round_dir(last) / "model.json").exists() else None
     holder = read_lock_holder(ws) if lock_is_held(ws) else None
     return {
         "workspace": str(ws.root),
@@ -157,7 +159,7 @@ def status_data(ws: Workspace, config: Config) -> dict:
         "per_class": {p: {str(k): v for k, v in sorted(counts[p].items(), key=lambda kv: str(kv[0]))}
                       for p in POOLS},
         "rounds": rounds,
-        "latest_checkpoint": str(checkpoints[-1].parent) if checkpoints else None,
+        "latest_checkpoint": str(checkpoint) if checkpoint else None,
         "running": holder,
     }
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sslall.faults import fault_point
+from sslall.fsutil import fsync_dir, write_atomic
 from sslall.pools import Move
 
 if TYPE_CHECKING:
@@ -41,13 +42,13 @@ def write_run_dir(ws: Workspace, round_no: int, learner: Learner, temperature: f
     save_checkpoint(tmp, state, meta)
     fault_point("checkpoint-written")
     metrics = {**result.summary(), **extra}
-    _write_atomic(tmp / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    write_atomic(tmp / "metrics.json", json.dumps(metrics, indent=2, default=float))
     _write_predictions(tmp / "predictions.csv", snapshot, probs, moves, weights)
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if final.exists():  # left by a round that never committed: the store is the truth
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def _write_predictions(path, snapshot: Snapshot, probs: np.ndarray, moves: list[Move],
@@ -69,20 +70,3 @@ def _write_predictions(path, snapshot: Snapshot, probs: np.ndarray, moves: list[
             writer.writerow([m.sample_id, "", m.from_pool, "", "", "", "", "", "quarantine"])
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _write_atomic(path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -8,7 +8,7 @@ read back on every later round. Layout under the cache directory:
     <sha256(key)[:16]>/<shard>.npy        features [n, D], float16 (float32 if out of range)
     <sha256(key)[:16]>/<shard>.ids        the n sample ids, one per line (the commit marker)
 
-Shards are append-only and each file is written to a `.tmp-` name, fsynced, then renamed, the
+Shards are append-only and each file is written to a hidden `.tmp` name, fsynced, then renamed, the
 `.ids` file last: a shard counts only once its `.ids` exists and its row count matches, so a
 process killed mid-write leaves at worst an ignored temp or orphan file (swept after an hour).
 Features are returned exactly as stored (float16 rounded, then float32), so a fresh
@@ -39,6 +39,7 @@ from torch import nn
 
 from sslall.data import ImageDataset, eval_transform, make_loader, transform_key
 from sslall.errors import ModelError
+from sslall.fsutil import fsync_dir, write_atomic
 from sslall.models import Backbone, Classifier
 
 __all__ = ["FeatureCache", "FeatureSet", "Scores", "extract_features", "mc_dropout_probs", "predict"]
@@ -77,7 +78,7 @@ class FeatureSet:
                 raise ModelError(f"feature cache {directory} belongs to another key: {stored.get('key')}")
         else:
             meta = {"format": _FORMAT, "key": self.key, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            _write_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
+            write_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
         self._sweep_stale()
         self.refresh()
 
@@ -96,7 +97,7 @@ class FeatureSet:
         """Index the complete shards not seen yet (the first indexed copy of an id wins)."""
         for ids_path in sorted(self.directory.glob("*.ids")):
             name = ids_path.name[: -len(".ids")]
-            if name in self._loaded or name.startswith(".tmp-"):
+            if name in self._loaded or name.startswith("."):
                 continue
             try:
                 ids = ids_path.read_text(encoding="utf-8").splitlines()
@@ -152,9 +153,9 @@ class FeatureSet:
         name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
         buffer = io.BytesIO()
         np.save(buffer, block, allow_pickle=False)
-        _write_atomic(self.directory / f"{name}.npy", buffer.getvalue())
-        _write_atomic(self.directory / f"{name}.ids", ("\n".join(keep) + "\n").encode("utf-8"))
-        _fsync_dir(self.directory)
+        write_atomic(self.directory / f"{name}.npy", buffer.getvalue())
+        write_atomic(self.directory / f"{name}.ids", ("\n".join(keep) + "\n").encode("utf-8"))
+        fsync_dir(self.directory)
         self.refresh()
         return len(keep)
 
@@ -163,7 +164,7 @@ class FeatureSet:
         now = time.time()
         for path in self.directory.iterdir():
             orphan = path.suffix == ".npy" and not path.with_suffix(".ids").exists()
-            if not (path.name.startswith(".tmp-") or orphan):
+            if not (_is_temp(path) or orphan):
                 continue
             with contextlib.suppress(OSError):
                 if now - path.stat().st_mtime > _STALE_SECONDS:
@@ -412,25 +413,6 @@ def _fork_rng(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.random.fork_rng(devices=devices)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a `.tmp-` sibling, fsync, then rename over `path` (readers see all or nothing)."""
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _is_temp(path: Path) -> bool:
+    """A file `fsutil.write_atomic` was writing when its process died."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")

@@ -32,6 +32,17 @@ def make_class_tree(root: Path, per_class: int = 4, classes=CLASSES, seed: int =
     return root
 
 
+@pytest.fixture(autouse=True)
+def one_faiss_thread():
+    """One OpenMP thread for faiss: the machine is shared, and results are then reproducible."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import pytest
 
@@ -15,15 +14,6 @@ from sslall.index import (
     typical_cluster_points,
     typicality,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread():
-    """One OpenMP thread: the machine is shared, and HNSW construction is then deterministic."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
 
 
 def brute_knn(ref: np.ndarray, qry: np.ndarray, k: int, exclude_self: bool = False):

@@ -95,7 +95,7 @@ def test_cache_ignores_what_a_killed_writer_left(tmp_path):
     fs = FeatureCache(tmp_path).open(*KEY)
     fs.put(_ids(3), np.ones((3, 4), np.float32))
     d = fs.directory
-    (d / ".tmp-00000000000000000001-1-ab.npy-1-cd").write_bytes(b"\x93NUMPY partial")  # mid-write
+    (d / ".00000000000000000001-1-ab.npy.1-cd.tmp").write_bytes(b"\x93NUMPY partial")  # mid-write
     np.save(d / "00000000000000000002-1-ef.npy", np.zeros((2, 4), np.float16))  # killed before .ids
     (d / "00000000000000000003-1-gh.ids").write_text("x\ny\n")  # .ids whose features are gone
     np.save(d / "00000000000000000004-1-ij.npy", np.zeros((5, 4), np.float16))  # rows != ids
@@ -104,11 +104,11 @@ def test_cache_ignores_what_a_killed_writer_left(tmp_path):
     assert len(reopened) == 3
     assert reopened.get(["x", "p"])[1] == ["x", "p"]
     assert reopened.put(["x"], np.full((1, 4), 2.0)) == 1  # still writable
-    old = os.path.getmtime(d / ".tmp-00000000000000000001-1-ab.npy-1-cd") - 2 * 3600
-    for name in (".tmp-00000000000000000001-1-ab.npy-1-cd", "00000000000000000002-1-ef.npy"):
+    old = os.path.getmtime(d / ".00000000000000000001-1-ab.npy.1-cd.tmp") - 2 * 3600
+    for name in (".00000000000000000001-1-ab.npy.1-cd.tmp", "00000000000000000002-1-ef.npy"):
         os.utime(d / name, (old, old))
     FeatureCache(tmp_path).open(*KEY)  # stale leftovers are swept on open
-    assert not (d / ".tmp-00000000000000000001-1-ab.npy-1-cd").exists()
+    assert not (d / ".00000000000000000001-1-ab.npy.1-cd.tmp").exists()
     assert not (d / "00000000000000000002-1-ef.npy").exists()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import pytest
 
@@ -20,16 +19,6 @@ from sslall.select import (
     select_top_k,
     strategy_names,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_faiss_thread():
-    """One OpenMP thread: the machine is shared, and results are then reproducible."""
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(before)
-
 
 # Five cells, three classes. By hand:
 #   1 - max p :  .10  .50  .66  .40  .55                       -> 2, 4, 1, 3, 0
