@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/sslall demo demo-workspace --fresh
 
 lint: $(STAMP)
-	$(BIN)/ruff check sslall tests benchmarks
+	$(BIN)/ruff check sslall tests $(wildcard benchmarks)
 
 test: lint
 	$(BIN)/python -m pytest -q
