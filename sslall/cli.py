@@ -70,7 +70,9 @@ def init(
 ) -> None:
     """Create a workspace: sslall.toml, pools/pools.db and runs/.
 
-    Example: sslall init ward7 --classes Benign,Early,Pre,Pro --backbone resnet18
+    \b
+    Example:
+      sslall init ward7 --classes Benign,Early,Pre,Pro --backbone resnet18
     """
     from sslall.config import with_overrides
 
@@ -107,7 +109,9 @@ def add(
     """Add images to a pool. Re-adding is a no-op; duplicates and label conflicts are reported;
     unreadable files go to quarantine with the reason.
 
-    Example: sslall add labeled ./cells/train --holdout-fraction 0.2
+    \b
+    Example:
+      sslall add labeled ./cells/train --holdout-fraction 0.2
     """
     from sslall.importer import import_source
 
@@ -169,7 +173,9 @@ def status_data(ws: Workspace, config: Config) -> dict:
 def status(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> None:
     """Pool sizes overall and per class, rounds so far, latest checkpoint.
 
-    Example: sslall status --json
+    \b
+    Example:
+      sslall status --json
     """
     ws, config = open_workspace(workspace)
     data = status_data(ws, config)
@@ -223,7 +229,9 @@ def check(
     """Verify the pool store: one pool per sample, the event log replays to the current pools,
     every file still exists with the same hash. Exits 4 listing each violation.
 
-    Example: sslall check --no-files
+    \b
+    Example:
+      sslall check --no-files
     """
     from sslall.integrity import check_store
 
@@ -264,7 +272,9 @@ def synth(
 ) -> None:
     """Draw synthetic stained blood-cell images, one folder per class.
 
-    Example: sslall synth cells --classes L1,L2,L3 --n 200 --size 96 --seed 1
+    \b
+    Example:
+      sslall synth cells --classes L1,L2,L3 --n 200 --size 96 --seed 1
     """
     from sslall.synthetic import write_dataset
 

@@ -88,7 +88,9 @@ def round_cmd(
     """Run one self-training round: verify files, train, calibrate, score, pseudo-label,
     route to review, record. Exits 75 at once if another round holds the workspace.
 
-    Example: sslall round --threshold 0.9 --policy adaptive --strategy margin --budget 20
+    \b
+    Example:
+      sslall round --threshold 0.9 --policy adaptive --strategy margin --budget 20
     """
     from sslall.rounds import run_round
 
@@ -111,7 +113,9 @@ def run_cmd(
 ) -> None:
     """Repeat rounds until --rounds or until a round changes nothing.
 
-    Example: sslall run --rounds 5 --threshold 0.95
+    \b
+    Example:
+      sslall run --rounds 5 --threshold 0.95
     """
     from sslall.rounds import run_round
 
@@ -151,7 +155,9 @@ def review_export(
 ) -> None:
     """Write the review queue to a CSV; fill its `label` column (a class, or `skip`).
 
-    Example: sslall review export --csv queue.csv
+    \b
+    Example:
+      sslall review export --csv queue.csv
     """
     from sslall.review import export_review
 
@@ -169,7 +175,9 @@ def review_import(
 ) -> None:
     """Apply labels from a filled-in review CSV: review -> labeled (or unlabeled for `skip`).
 
-    Example: sslall review import --csv queue.csv
+    \b
+    Example:
+      sslall review import --csv queue.csv
     """
     from sslall.review import import_review
     from sslall.workspace import round_lock
@@ -194,7 +202,9 @@ def predict_cmd(
 ) -> None:
     """Classify images with a checkpoint: class, confidence and per-class probabilities.
 
-    Example: sslall predict cell1.png cell2.png --json
+    \b
+    Example:
+      sslall predict cell1.png cell2.png --json
     """
     from sslall.inference import Predictor, latest_checkpoint
 
@@ -245,7 +255,9 @@ def evaluate_cmd(
 ) -> None:
     """Score a checkpoint on a class-per-folder set: accuracy, macro-F1, per class, ECE.
 
-    Example: sslall evaluate ./test-cells --json
+    \b
+    Example:
+      sslall evaluate ./test-cells --json
     """
     from sslall.inference import Predictor, evaluate_folder, latest_checkpoint
 

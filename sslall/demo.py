@@ -93,7 +93,9 @@ def demo_cmd(
     """Synthesise cells, build a workspace (few labeled, many unlabeled, a holdout) and run
     self-training rounds, a stand-in annotator answering the review queue in between.
 
-    Example: sslall demo my-demo --rounds 3 --fresh
+    \b
+    Example:
+      sslall demo my-demo --rounds 3 --fresh
     """
     from sslall.importer import import_source
     from sslall.rounds import run_round

@@ -76,13 +76,19 @@ def test_every_command_has_help_with_an_example(runner) -> None:
 
     from sslall.cli import app
 
-    group = typer.main.get_group(app)
-    for name, command in group.commands.items():
-        if getattr(command, "commands", None):
-            continue
-        result = invoke(runner, name, "--help")
+    def leaves(group, prefix=()):
+        for name, command in group.commands.items():
+            if getattr(command, "commands", None):
+                yield from leaves(command, (*prefix, name))
+            else:
+                yield (*prefix, name)
+
+    names = list(leaves(typer.main.get_group(app)))
+    assert ("review", "export") in names and ("round",) in names
+    for name in names:
+        result = invoke(runner, *name, "--help")
         assert result.exit_code == 0, name
-        assert "Example" in result.stdout, f"{name} --help has no example"
+        assert "Example:" in result.stdout, f"{' '.join(name)} --help has no example"
 
 
 def test_import_killed_with_sigkill_leaves_a_consistent_store(workspace: Path, tmp_path: Path
