@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from sslall import __version__
-from sslall.config import Config, ModelConfig, parse_classes, render_config
+from sslall.config import Config, ModelConfig, parse_classes
 from sslall.console import (
     JsonFlag,
     WorkspaceOption,
@@ -28,7 +28,7 @@ from sslall.console import (
 )
 from sslall.errors import ConfigError, IntegrityError, UsageError
 from sslall.pools import POOLS, PoolStore
-from sslall.workspace import Workspace, lock_is_held, read_lock_holder, round_lock
+from sslall.workspace import Workspace, create_workspace, lock_is_held, read_lock_holder, round_lock
 
 app = typer.Typer(
     name="sslall",
@@ -79,14 +79,8 @@ def init(
     parsed = parse_classes(classes, key="--classes")
     config = with_overrides(Config(classes=parsed), model={"backbone": backbone,
                                                              "image_size": image_size})
-    root = directory.expanduser().resolve()
-    ws = Workspace(root)
-    if ws.config_path.exists():
-        raise UsageError(f"{root} is already a workspace (it has {ws.config_path.name})")
-    for sub in (ws.db_path.parent, ws.runs_dir):
-        sub.mkdir(parents=True, exist_ok=True)
-    PoolStore(ws.db_path, create=True).close()
-    ws.config_path.write_text(render_config(config), encoding="utf-8")
+    ws = create_workspace(directory, config)
+    root = ws.root
     say(f"created workspace {root} with classes {', '.join(parsed)} "
         f"(backbone {config.model.backbone}, {config.model.image_size} px)")
     say(f"next: sslall add labeled FOLDER -w {root}")

@@ -282,6 +282,7 @@ def evaluate_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    from sslall.cli_simulate import simulate_cmd
     from sslall.demo import demo_cmd
 
     app.command("round")(cli_errors(round_cmd))
@@ -290,3 +291,4 @@ def register(app: typer.Typer) -> None:
     app.command("predict")(cli_errors(predict_cmd))
     app.command("evaluate")(cli_errors(evaluate_cmd))
     app.command("demo")(cli_errors(demo_cmd))
+    app.command("simulate")(cli_errors(simulate_cmd))

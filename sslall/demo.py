@@ -15,11 +15,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sslall.config import Config, parse_classes, render_config, with_overrides
+from sslall.config import Config, parse_classes, with_overrides
 from sslall.console import console, say, step_progress
 from sslall.errors import UsageError
 from sslall.pools import PoolStore
-from sslall.workspace import Workspace
+from sslall.workspace import Workspace, create_workspace
 
 MARKER = ".sslall-demo"
 
@@ -111,14 +111,10 @@ def demo_cmd(
     samples = write_dataset(cells, names, per_class, size=96, seed=0, difficulty=0.6)
     manifests = _manifests(cells, samples, labeled_per_class=8, holdout_per_class=30)
 
-    ws = Workspace(directory / "workspace")
     config = with_overrides(Config(classes=names),
                             model={"backbone": backbone, "image_size": image_size},
                             route={"budget": 15})
-    ws.db_path.parent.mkdir(parents=True)
-    ws.runs_dir.mkdir()
-    PoolStore(ws.db_path, create=True).close()
-    ws.config_path.write_text(render_config(config), encoding="utf-8")
+    ws = create_workspace(directory / "workspace", config)
     with PoolStore(ws.db_path) as store:
         for pool in ("labeled", "holdout", "unlabeled"):
             import_source(store, manifests[pool], pool, names,

@@ -197,6 +197,17 @@ def import_source(
 ) -> ImportReport:
     """Import every file of `source` into `pool`; see the module docstring."""
     entries = list_source(source, pool, classes)
+    return import_entries(store, entries, pool, max_pixels=max_pixels,
+                          holdout_fraction=holdout_fraction, seed=seed, workers=workers,
+                          progress=progress)
+
+
+def import_entries(
+    store: PoolStore, entries: Sequence[Entry], pool: str, *, max_pixels: int,
+    holdout_fraction: float = 0.0, seed: int = 0, workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportReport:
+    """Import already-validated entries (labels known to be classes) into `pool`."""
     if holdout_fraction and pool != "labeled":
         raise UsageError("--holdout-fraction only applies when adding to the labeled pool")
     planner = HoldoutPlanner(entries, holdout_fraction, seed) if holdout_fraction else None

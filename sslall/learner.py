@@ -105,6 +105,28 @@ class Learner:
             mc = mc_dropout_probs(self.head, embeddings, T=mc_samples, seed=cfg.train.seed)
         return Scores(np.asarray(logits, dtype=np.float32), embeddings, mc)
 
+    def logits_for(self, samples: Sequence[tuple[str, str]], *, cache_dir: Path,
+                   progress: Progress | None = None) -> np.ndarray:
+        """Logits of images outside the snapshot ((sha256 id, path) pairs), e.g. a test set.
+
+        Head mode goes through the feature cache, so a test set is extracted once per backbone.
+        """
+        cfg = self.config
+        if self.mode == "head":
+            feats = extract_features(
+                self.backbone, samples, image_size=cfg.model.image_size,
+                cache=FeatureCache(cache_dir / "features"), batch_size=cfg.train.batch_size,
+                device=self.device, num_workers=cfg.train.num_workers,
+                max_pixels=cfg.data.max_pixels, progress=_step(progress, "test"),
+            )
+            return _head_logits(self.head, feats, self.device, cfg.train.batch_size * 8)
+        out = predict(Classifier(self.backbone.module, self.head), list(samples),
+                      image_size=cfg.model.image_size, mean=self.backbone.mean,
+                      std=self.backbone.std, batch_size=cfg.train.batch_size, device=self.device,
+                      num_workers=cfg.train.num_workers, max_pixels=cfg.data.max_pixels,
+                      progress=_step(progress, "test"))
+        return np.asarray(out.logits, dtype=np.float32)
+
     def calibrate(self, scores: Scores, snapshot: Snapshot) -> Calibration:
         """Temperature scaling on the holdout; T = 1 when there is no holdout to fit it on."""
         holdout = snapshot.mask("holdout")

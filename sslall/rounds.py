@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +30,9 @@ from sslall.faults import fault_point
 from sslall.images import sha256_file
 from sslall.pools import SCORED_POOLS, Move, PoolStore, RoundRecord, Sample, utc_now
 from sslall.workspace import Workspace, round_lock
+
+if TYPE_CHECKING:
+    from sslall.learner import Calibration, Learner
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +114,13 @@ def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
         seconds[step] = round(time.perf_counter() - start, 3)
 
 
-def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None) -> RoundResult:
-    """Make one full round on a workspace; see the module docstring."""
+def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None,
+              on_calibrated: Callable[[Learner, Calibration], None] | None = None) -> RoundResult:
+    """Make one full round on a workspace; see the module docstring.
+
+    `on_calibrated(learner, calibration)` lets a caller use the round's model before the round
+    commits (the simulator scores its test set there); it must not touch the store.
+    """
     from sslall.learner import fit_learner
     from sslall.metrics import classification_metrics
     from sslall.route import decide_pseudo_labels, decide_routing
@@ -133,6 +142,8 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
         with _timed(seconds, "calibrate"):
             calibration = learner.calibrate(scores, snapshot)
             probs = calibration.probs
+        if on_calibrated is not None:
+            on_calibrated(learner, calibration)
         with _timed(seconds, "select"):
             pseudo = decide_pseudo_labels(config, snapshot, probs, scores.embeddings)
         with _timed(seconds, "route"):

@@ -68,6 +68,22 @@ class Workspace:
         return load_config(self.config_path)
 
 
+def create_workspace(root: Path, config: Config) -> Workspace:
+    """Make a new workspace: the config file, an empty pool store and runs/."""
+    from sslall.config import render_config
+    from sslall.errors import UsageError
+    from sslall.pools import PoolStore
+
+    ws = Workspace(root.expanduser().resolve())
+    if ws.config_path.exists():
+        raise UsageError(f"{ws.root} is already a workspace (it has {ws.config_path.name})")
+    for sub in (ws.db_path.parent, ws.runs_dir):
+        sub.mkdir(parents=True, exist_ok=True)
+    PoolStore(ws.db_path, create=True).close()
+    ws.config_path.write_text(render_config(config), encoding="utf-8")
+    return ws
+
+
 def find_workspace(explicit: Path | None = None, cwd: Path | None = None) -> Workspace:
     """Find the workspace: `--workspace`, then `$SSLALL_WORKSPACE`, then upward from cwd."""
     for source, given in (("--workspace", explicit), (ENV_WORKSPACE, os.environ.get(ENV_WORKSPACE))):
