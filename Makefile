@@ -3,8 +3,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The Label Studio server lives in its own venv: it is not a dependency of the sslall package
+# (which needs only the SDK), and it drags in Django and ~1 GB. The tests start it.
+LS_VENV    := .venv-labelstudio
+LS_STAMP   := $(LS_VENV)/.installed
+LS_VERSION ?= 1.23.2
 
-.PHONY: demo test lint install bench clean
+.PHONY: demo test lint install bench clean labelstudio browser
 
 install: $(STAMP)
 
@@ -20,7 +25,26 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check sslall tests $(wildcard benchmarks)
 
-test: lint
+labelstudio: $(LS_STAMP)
+
+$(LS_STAMP):
+	test -x $(LS_VENV)/bin/python || $(PYTHON) -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LS_VENV)/bin/python -m pip install --quiet 'label-studio==$(LS_VERSION)'
+	touch $(LS_STAMP)
+
+# Headless Chromium + its driver (Debian packages) for the test that looks at a task as an
+# annotator does. Installed when missing and we are root (or have password-less sudo).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	elif sudo -n true 2>/dev/null; then \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else echo "chromium + chromium-driver are missing and cannot be installed without root:"; \
+	  echo "  sudo apt-get install chromium chromium-driver (or set SSLALL_SKIP_BROWSER=1)"; fi
+
+test: lint labelstudio browser
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -289,9 +289,10 @@ def main() -> None:
 
 
 def _register_round_commands() -> None:
-    from sslall.cli_round import register
+    from sslall import cli_label, cli_round
 
-    register(app)
+    cli_round.register(app)
+    cli_label.register(app)
 
 
 _register_round_commands()

@@ -18,6 +18,7 @@ from sslall.console import (
     print_json,
     say,
     step_progress,
+    warn,
 )
 from sslall.errors import ConfigError, UsageError
 from sslall.pools import POOLS, PoolStore
@@ -76,6 +77,19 @@ def _show_round(result, classes: tuple[str, ...]) -> None:
     console.print("pools: " + ", ".join(f"{p} {result.pools.get(p, 0)}" for p in POOLS))
 
 
+def _show_labelstudio(result) -> None:
+    """What the round's pull and push did, and one warning line per failure."""
+    ls = result.labelstudio
+    if ls:
+        pull, push = ls["pull"], ls["push"] or {}
+        if not pull.get("error"):
+            say(f"Label Studio: pulled {pull['labeled']} label(s), {pull['skipped']} skip(s)")
+        if push and not push.get("error"):
+            say(f"Label Studio: pushed {push['pushed']} task(s)")
+    for line in result.warnings:
+        warn(line)
+
+
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
@@ -103,6 +117,7 @@ def round_cmd(
     elif not _quiet():
         _show_round(result, config.classes)
     say(f"round {result.round} recorded in {result.run_dir}")
+    _show_labelstudio(result)
 
 
 def run_cmd(
@@ -130,6 +145,7 @@ def run_cmd(
         results.append(result.summary())
         if not json_out and not _quiet():
             _show_round(result, config.classes)
+        _show_labelstudio(result)
         if not result.changed:
             say(f"round {result.round} changed nothing; stopping")
             break

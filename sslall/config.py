@@ -88,6 +88,23 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class LabelStudioConfig:
+    """Where the review queue goes for annotators; `url = ""` means not configured.
+
+    The API key is deliberately not a key here: it comes from `$LABEL_STUDIO_API_KEY` or from
+    the file `api_key_file` names, so a config file can be shared without leaking it.
+    """
+
+    url: str = ""
+    project: str = "sslall review"
+    images: str = "local-files"
+    document_root: str = ""
+    batch_size: int = 100
+    api_key_file: str = ""
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     classes: tuple[str, ...]
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -96,6 +113,7 @@ class Config:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     route: RouteConfig = field(default_factory=RouteConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    labelstudio: LabelStudioConfig = field(default_factory=LabelStudioConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -105,6 +123,7 @@ SECTIONS: dict[str, type] = {
     "pseudo": PseudoConfig,
     "route": RouteConfig,
     "data": DataConfig,
+    "labelstudio": LabelStudioConfig,
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -117,6 +136,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
         "margin", "entropy", "least-confidence", "bald", "coreset", "typiclust", "random",
     ),
     "route.diversity": ("kmeans", "none"),
+    "labelstudio.images": ("local-files", "upload"),
 }
 
 # (low, high, inclusive-low, inclusive-high) for numbers; None = unbounded on that side.
@@ -144,6 +164,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "route.hard_threshold": (0, 1, True, True),
     "data.max_pixels": (1, None, True, True),
     "data.holdout_fraction": (0, 1, True, False),
+    "labelstudio.batch_size": (1, 1000, True, True),
+    "labelstudio.timeout": (0, 600, False, True),
 }
 
 KEY_DOCS: dict[str, str] = {
@@ -186,6 +208,13 @@ KEY_DOCS: dict[str, str] = {
     "route.hard_threshold": "labeled cells below this confidence are up-weighted next round",
     "data.max_pixels": "images declaring more pixels are quarantined (decompression bombs)",
     "data.holdout_fraction": "default fraction of labeled imports carved into the holdout",
+    "labelstudio.url": "Label Studio server, e.g. http://127.0.0.1:8080; empty = not configured",
+    "labelstudio.project": "project title (created by the first push) or numeric id",
+    "labelstudio.images": "local-files (server reads document_root) or upload (files are sent)",
+    "labelstudio.document_root": "the server's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (local-files)",
+    "labelstudio.batch_size": "tasks per request when pushing and pulling",
+    "labelstudio.api_key_file": "file holding the API key; else $LABEL_STUDIO_API_KEY",
+    "labelstudio.timeout": "seconds to wait for one answer of the server",
 }
 
 
@@ -203,6 +232,14 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
             return float(value)
         raise ConfigError(key, f"got {value!r}", "'confidence' or a number in (0, 1]")
+    if key == "labelstudio.url" and value != "" and not (
+        isinstance(value, str) and re.match(r"^https?://[^/\s?#]+(/\S*)?$", value)
+    ):
+        raise ConfigError(key, f"{value!r} is not an http(s) URL", '"" or e.g. "http://127.0.0.1:8080"')
+    if key == "labelstudio.project" and not (
+        isinstance(value, str) and (value.isdigit() or len(value.strip()) >= 3)
+    ):
+        raise ConfigError(key, f"got {value!r}", "a numeric id, or a title of 3 or more characters")
     if isinstance(default, tuple):
         if not isinstance(value, list) or not all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value
@@ -261,20 +298,20 @@ def _build_section(name: str, cls: type, raw: Any) -> Any:
     return cls(**values)
 
 
-def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Build and validate a `Config` from parsed TOML."""
+def config_from_dict(raw: dict[str, Any], *, default_classes: tuple[str, ...] | None = None) -> Config:
+    """Build and validate a `Config` from parsed TOML (`default_classes` when it names none)."""
     allowed = ["classes", *SECTIONS]
     for key in raw:
         if key not in allowed:
             raise ConfigError(key, "unknown key", ", ".join(allowed))
-    if "classes" not in raw:
+    if "classes" not in raw and default_classes is None:
         raise ConfigError("classes", "is missing", "a list of 2 or more class names")
     sections = {name: _build_section(name, cls, raw.get(name, {})) for name, cls in SECTIONS.items()}
-    return Config(classes=parse_classes(raw["classes"]), **sections)
+    return Config(classes=parse_classes(raw.get("classes", list(default_classes or ()))), **sections)
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate `sslall.toml`."""
+def load_config(path: Path, *, default_classes: tuple[str, ...] | None = None) -> Config:
+    """Read and validate `sslall.toml` (`default_classes` when the file names none)."""
     if not path.is_file():
         raise NotFoundError(f"no config file at {path}")
     try:
@@ -283,7 +320,7 @@ def load_config(path: Path) -> Config:
         raise ConfigError(str(path.name), f"is not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(str(path.name), "is not UTF-8 text") from None
-    return config_from_dict(raw)
+    return config_from_dict(raw, default_classes=default_classes)
 
 
 def _toml_value(value: Any) -> str:

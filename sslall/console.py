@@ -108,6 +108,12 @@ def say(message: str) -> None:
         console.print(message, markup=True, highlight=False)
 
 
+def warn(message: str) -> None:
+    """A warning line on stderr (silent under --quiet); the library has logged it already."""
+    if not is_quiet():
+        err_console.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+
+
 @contextmanager
 def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
     """Yield `update(done, total)`; draws a bar on a terminal, nothing under --quiet."""

@@ -78,6 +78,22 @@ CREATE TABLE IF NOT EXISTS rounds (
 );
 """
 
+# Tables added after schema version 1 without a version bump: every open runs their
+# `CREATE TABLE IF NOT EXISTS`, so an older store gains them. One row per sample sent to Label
+# Studio, keyed on our sample id (Label Studio neither deduplicates nor keeps task ids unique).
+_ADDED_TABLES = """
+CREATE TABLE IF NOT EXISTS labelstudio_tasks (
+    sample_id TEXT PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    task_id INTEGER,
+    visit INTEGER NOT NULL DEFAULT 1,
+    round INTEGER,
+    pushed_at TEXT NOT NULL,
+    resolved_at TEXT,
+    outcome TEXT
+);
+"""
+
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -165,6 +181,16 @@ class PoolStore:
                 f"pool store {path} has schema version {version and version[0]}, "
                 f"this sslall reads version {SCHEMA_VERSION}"
             )
+        self._add_tables()
+
+    def _add_tables(self) -> None:
+        """Create the tables added since version 1 (a no-op, and no write, once they exist)."""
+        have = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "labelstudio_tasks" not in have:
+            try:
+                self.conn.executescript(_ADDED_TABLES)
+            except sqlite3.OperationalError:  # a read-only store still answers reads
+                pass
 
     def close(self) -> None:
         self.conn.close()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sslall.errors import InputError, NotFoundError
-from sslall.pools import Move, PoolStore
+from sslall.pools import Move, PoolStore, Sample
 
 EXPORT_COLUMNS = ("sample_id", "path", "prediction", "confidence", "label")
 SKIP = "skip"
@@ -32,6 +32,22 @@ def export_review(store: PoolStore, out: Path) -> int:
             writer.writerow([s.id, s.path, s.prediction or "", conf, ""])
     os.replace(tmp, out)
     return len(rows)
+
+
+def answer_move(sample: Sample, label: str | None, *, source: str, by: str) -> Move:
+    """A human's answer to a review sample: a class moves it review -> labeled (`label_source`
+    = `source`), None (a skip) sends it back to unlabeled. The reason names who answered (`by`)
+    and whether the answer agrees with the model's guess. The caller checked `label`."""
+    if label is None:
+        return Move(sample.id, "unlabeled", from_pool="review", reason=f"skipped by {by}")
+    return Move(sample.id, "labeled", from_pool="review", label=label, label_source=source,
+                reason=f"labelled by {by}; {'agrees' if agrees(sample, label) else 'disagrees'} "
+                f"with the model ({sample.prediction})")
+
+
+def agrees(sample: Sample, label: str) -> bool:
+    """Whether a human's label is the model's guess (its pre-annotation)."""
+    return label == sample.prediction
 
 
 @dataclass
@@ -69,17 +85,13 @@ def import_review(store: PoolStore, source: Path, classes: tuple[str, ...], *,
                 report.rejected.append(f"line {line}: sample {sid[:12]} is in {sample.pool}, "
                                        "not review (already answered?)")
             elif label == SKIP:
-                moves.append(Move(sid, "unlabeled", from_pool="review",
-                                  reason="skipped by the reviewer"))
+                moves.append(answer_move(sample, None, source=actor, by="the reviewer"))
                 report.skipped += 1
             elif label not in classes:
                 report.rejected.append(f"line {line}: label {label!r} is not a class "
                                        f"(allowed: {', '.join(classes)}, or '{SKIP}')")
             else:
-                agrees = "agrees" if label == sample.prediction else "disagrees"
-                moves.append(Move(sid, "labeled", from_pool="review", label=label,
-                                  label_source=actor, reason=f"labelled by {actor}; "
-                                  f"{agrees} with the model ({sample.prediction})"))
+                moves.append(answer_move(sample, label, source=actor, by=actor))
                 report.labeled += 1
             seen.add(sid)
     store.apply_moves(moves, round_no=store.last_round(), actor=actor)

@@ -1,11 +1,16 @@
-"""One self-training round, top to bottom (the loop of docs/DESIGN: verify, train, calibrate,
-score, select, route, record).
+"""One self-training round, top to bottom (the loop of docs/DESIGN: pull, verify, train,
+calibrate, score, select, route, record, push).
 
 Nothing is written to the pool store until the very end, where every move of the round, the
 sample weights for the next round and the round's record commit in one transaction. The round's
 files are written to a temporary folder and renamed into `runs/round-NNNN/` just before that
 commit; the store is the truth, so a folder without a committed round is left-over from a killed
 round and is replaced by the next one. A round killed at any point leaves the pools as they were.
+
+With `[labelstudio] url` set, the round first pulls the annotators' answers (their moves commit
+on their own, before training, so the round trains on them) and, after its commit, pushes the
+review queue. Server trouble never fails a round: it becomes one line in `warnings`, the review
+queue stays as it is, and the next pull or push catches up.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ class RoundResult:
     previous_metrics: dict | None
     pools: dict[str, int]
     seconds: dict[str, float]
+    labelstudio: dict | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -78,7 +85,8 @@ class RoundResult:
     def summary(self) -> dict:
         return {"round": self.round, "run_dir": str(self.run_dir), "moves": self.moves,
                 "metrics": self.metrics, "previous_metrics": self.previous_metrics,
-                "pools": self.pools, "seconds": self.seconds}
+                "pools": self.pools, "seconds": self.seconds, "labelstudio": self.labelstudio,
+                "warnings": self.warnings}
 
 
 def take_snapshot(store: PoolStore, classes: tuple[str, ...]) -> Snapshot:
@@ -121,6 +129,7 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
     `on_calibrated(learner, calibration)` lets a caller use the round's model before the round
     commits (the simulator scores its test set there); it must not touch the store.
     """
+    from sslall.labelstudio import pull_if_configured, push_if_configured
     from sslall.learner import fit_learner
     from sslall.metrics import classification_metrics
     from sslall.route import decide_pseudo_labels, decide_routing
@@ -130,6 +139,10 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
     with round_lock(ws), PoolStore(ws.db_path) as store:
         round_no = store.last_round() + 1
         started = utc_now()
+        pulled = None
+        if config.labelstudio.url:
+            with _timed(seconds, "pull"):
+                pulled = pull_if_configured(ws, config, store)
         with _timed(seconds, "verify"):
             snapshot = verify_files(take_snapshot(store, config.classes), progress)
         _require_training_data(snapshot)
@@ -178,6 +191,13 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
                 raise SslallError(
                     f"round {round_no} could not be recorded ({exc}); the pools are unchanged"
                 ) from None
+        if pulled is not None:
+            with _timed(seconds, "push"):
+                pushed = push_if_configured(ws, config, store)
+            result.labelstudio = {"pull": pulled.as_dict(), "push": pushed and pushed.as_dict()}
+            result.warnings = [r.error for r in (pulled, pushed) if r and r.error]
+            for line in result.warnings:
+                log.warning("%s", line)
     return result
 
 
