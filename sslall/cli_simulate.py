@@ -24,13 +24,14 @@ def simulate_cmd(
     labels_per_class: Annotated[int | None, typer.Option(help="Or: labels per class at the "
                                 "start (holdout included).")] = None,
     rounds: Annotated[int, typer.Option(help="Rounds to run.")] = 5,
-    budget: Annotated[int, typer.Option(help="Oracle labels per round (the review queue).")] = 20,
-    threshold: Annotated[float, typer.Option(help="Pseudo-label threshold.")] = 0.9,
-    policy: Annotated[str, typer.Option(help="fixed or adaptive.")] = "fixed",
-    strategy: Annotated[str, typer.Option(help="Acquisition strategy.")] = "margin",
-    backbone: Annotated[str, typer.Option(help="Backbone.")] = "tf_efficientnet_lite0",
-    mode: Annotated[str, typer.Option(help="auto, head or finetune.")] = "auto",
-    image_size: Annotated[int, typer.Option(help="Input side in pixels.")] = 224,
+    budget: Annotated[int | None, typer.Option(help="Oracle labels per round (the review queue) "
+                                            "[default: 20].")] = None,
+    threshold: Annotated[float | None, typer.Option(help="Pseudo-label threshold [default: 0.9].")] = None,
+    policy: Annotated[str | None, typer.Option(help="fixed or adaptive [default: fixed].")] = None,
+    strategy: Annotated[str | None, typer.Option(help="Acquisition strategy [default: margin].")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Backbone [default: tf_efficientnet_lite0].")] = None,
+    mode: Annotated[str | None, typer.Option(help="auto, head or finetune [default: auto].")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input side in pixels [default: 224].")] = None,
     holdout_share: Annotated[float, typer.Option(help="Share of the starting labels kept as "
                              "the holdout (validation + calibration).")] = 0.3,
     seed: Annotated[int, typer.Option(help="Seed of the split and of training.")] = 0,
@@ -40,6 +41,8 @@ def simulate_cmd(
                     "(default: a new temporary folder; reuse a cache with --cache).")] = None,
     cache: Annotated[Path | None, typer.Option(help="Feature cache folder to share between "
                      "simulations (frozen features are then computed once).")] = None,
+    config_file: Annotated[Path | None, typer.Option("--config", help="An sslall.toml (any "
+                           "sections; classes come from DATA_DIR) as the base; flags override it.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON "
                         "here ('-' for stdout).")] = None,
 ) -> None:
@@ -50,7 +53,7 @@ def simulate_cmd(
     Example:
       sslall simulate train/ --test-dir test/ --label-fraction 0.05 --rounds 5 --baselines
     """
-    from sslall.config import with_overrides
+    from sslall.config import load_config, with_overrides
     from sslall.simulate import SimulationSpec, run_simulation
 
     if (label_fraction is None) == (labels_per_class is None):
@@ -61,8 +64,10 @@ def simulate_cmd(
         raise ConfigError("--labels-per-class", f"{labels_per_class} is too small", ">= 2")
     if not 0 < holdout_share < 1:
         raise ConfigError("--holdout-share", f"{holdout_share} is out of range", "(0, 1)")
+    base = (load_config(config_file, default_classes=("a", "b")) if config_file is not None
+            else Config(classes=("a", "b")))
     config = with_overrides(
-        Config(classes=("a", "b")), model={"backbone": backbone, "mode": mode,
+        base, model={"backbone": backbone, "mode": mode,
                                            "image_size": image_size},
         pseudo={"threshold": threshold, "policy": policy},
         route={"budget": budget, "strategy": strategy},

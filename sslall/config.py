@@ -31,6 +31,7 @@ class ModelConfig:
     pretrained: bool = True
     weights: str = ""
     image_size: int = 224
+    feature_scales: int = 2
     mode: str = "auto"
     device: str = "auto"
 
@@ -142,6 +143,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # (low, high, inclusive-low, inclusive-high) for numbers; None = unbounded on that side.
 RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "model.image_size": (16, 1024, True, True),
+    "model.feature_scales": (0, 4, True, True),
     "train.epochs": (1, None, True, True),
     "train.batch_size": (1, None, True, True),
     "train.lr": (0, None, False, True),
@@ -174,6 +176,7 @@ KEY_DOCS: dict[str, str] = {
     "model.pretrained": "load ImageNet weights (offline for tf_efficientnet_lite0, hub otherwise)",
     "model.weights": "path to a .safetensors weights file; overrides `pretrained`",
     "model.image_size": "input side in pixels",
+    "model.feature_scales": "also pool the last N intermediate stages into the features (0 = final only)",
     "model.mode": "head (frozen backbone + MLP head on cached features), finetune, or auto",
     "model.device": "auto, cpu, cuda or mps",
     "train.epochs": "maximum training epochs per round",

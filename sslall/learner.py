@@ -92,7 +92,7 @@ class Learner:
             embeddings = self.features
             logits = _head_logits(self.head, embeddings, self.device, cfg.train.batch_size * 8)
         else:
-            classifier = Classifier(self.backbone.module, self.head)
+            classifier = Classifier(self.backbone.module, self.head, self.backbone.scales)
             out = predict(classifier, [(r.id, r.path) for r in rows],
                           image_size=cfg.model.image_size, mean=self.backbone.mean,
                           std=self.backbone.std, batch_size=cfg.train.batch_size,
@@ -120,7 +120,8 @@ class Learner:
                 max_pixels=cfg.data.max_pixels, progress=_step(progress, "test"),
             )
             return _head_logits(self.head, feats, self.device, cfg.train.batch_size * 8)
-        out = predict(Classifier(self.backbone.module, self.head), list(samples),
+        model = Classifier(self.backbone.module, self.head, self.backbone.scales)
+        out = predict(model, list(samples),
                       image_size=cfg.model.image_size, mean=self.backbone.mean,
                       std=self.backbone.std, batch_size=cfg.train.batch_size, device=self.device,
                       num_workers=cfg.train.num_workers, max_pixels=cfg.data.max_pixels,
@@ -147,7 +148,7 @@ class Learner:
     def checkpoint(self, *, temperature: float, round_no: int, metrics: dict | None
                    ) -> tuple[dict[str, torch.Tensor], dict]:
         """State dict of backbone + head and the JSON sidecar describing it."""
-        model = Classifier(self.backbone.module, self.head)
+        model = Classifier(self.backbone.module, self.head, self.backbone.scales)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         cfg = self.config
         meta = {
@@ -156,6 +157,7 @@ class Learner:
             "std": list(self.backbone.std), "temperature": temperature, "round": round_no,
             "mode": self.mode, "head_hidden": list(cfg.train.head_hidden),
             "dropout": cfg.train.dropout, "weights_id": self.backbone.weights_id,
+            "feature_scales": self.backbone.scales,
             "metrics": metrics,
         }
         return state, meta
@@ -169,7 +171,7 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
     mode = resolve_mode(cfg.model.mode, device)
     torch.manual_seed(seed)
     backbone = create_backbone(cfg.model.backbone, pretrained=cfg.model.pretrained,
-                               weights=cfg.model.weights)
+                               weights=cfg.model.weights, scales=cfg.model.feature_scales)
     rows, y, w = training_rows(cfg, snapshot)
     holdout = np.flatnonzero(snapshot.mask("holdout"))
     y_all = snapshot.label_index()
@@ -194,7 +196,7 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
     else:
         features = None
         head = MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs)
-        classifier = Classifier(backbone.module, head)
+        classifier = Classifier(backbone.module, head, backbone.scales)
         paths = [r.path for r in snapshot.rows]
         result = finetune(
             classifier, [paths[i] for i in rows], y, w, [paths[i] for i in holdout],

@@ -12,7 +12,9 @@ features [N, D]) and what is needed to feed it. Weights come from, in order of p
 4. any other timm model, pretrained: the Hugging Face hub (or its local cache). Without a network
    this fails within seconds with one line, instead of hanging in retries.
 
-`baseline-cnn` is a small from-scratch CNN for comparison runs. `MLPHead` is the seeds' "two
+`Backbone.features` (and `Classifier`) may append the pooled maps of the last intermediate stages
+to the final features (`model.feature_scales`). `baseline-cnn` is a small from-scratch CNN for
+comparison runs. `MLPHead` is the seeds' "two
 FC-64 layers"; its dropout stays in the module so MC dropout (BALD) is `head.train()`.
 """
 
@@ -81,6 +83,33 @@ class Backbone:
     std: tuple[float, ...]
     input_size: int  # the side the weights were trained at
     weights_id: str  # identifies the weights, for feature-cache keys
+    scales: int = 0  # intermediate stages pooled into the features (see `pooled_features`)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return pooled_features(self.module, x, self.scales)
+
+
+def available_scales(module: nn.Module) -> int:
+    """How many intermediate stages `pooled_features` can use (0 for non-timm modules)."""
+    info = getattr(module, "feature_info", None)
+    if not hasattr(module, "forward_intermediates") or not isinstance(info, list):
+        return 0
+    return len(module.feature_info)
+
+
+def pooled_features(module: nn.Module, x: torch.Tensor, scales: int) -> torch.Tensor:
+    """The backbone's pooled features, preceded by the global average of its last `scales`
+    intermediate feature maps.
+
+    Mid-level stages describe texture and chromatin better than the ImageNet-tuned last layer;
+    on all-taleqani, pooling the last two stages next to the final features lifts a logistic
+    regression from 5 % of the labels from 0.92 to 0.96 macro-F1 (see BENCHMARKS.md).
+    """
+    if scales <= 0:
+        return module(x)
+    final, maps = module.forward_intermediates(x, indices=scales)
+    pooled = [m.mean(dim=(2, 3)) for m in maps]
+    return torch.cat([*pooled, module.forward_head(final, pre_logits=True)], dim=1)
 
 
 class BaselineCNN(nn.Module):
@@ -139,20 +168,24 @@ class MLPHead(nn.Module):
 class Classifier(nn.Module):
     """Backbone features followed by a head; `features` exposes the embeddings for kNN/k-center."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, scales: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.scales = scales
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)
+        return pooled_features(self.backbone, x, self.scales)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.head(self.features(x))
 
 
-def create_backbone(name: str, *, pretrained: bool, weights: str = "") -> Backbone:
+def create_backbone(name: str, *, pretrained: bool, weights: str = "", scales: int = 0) -> Backbone:
     """Build backbone `name` (any timm model, or `baseline-cnn`) with the weights asked for.
+
+    `scales` intermediate stages are pooled into the features, as many as the model has
+    (`baseline-cnn` has none: its features are the final pool alone).
 
     Raises:
         ModelError: unknown name, unusable weights file (pickle, wrong architecture), or
@@ -181,7 +214,10 @@ def create_backbone(name: str, *, pretrained: bool, weights: str = "") -> Backbo
         module, weights_id = _hub_module(name)
     mean, std, input_size = _data_config(module)
     num_features = int(getattr(module, "head_hidden_size", None) or module.num_features)
-    return Backbone(module, num_features, mean, std, input_size, weights_id)
+    scales = min(max(int(scales), 0), available_scales(module))
+    if scales:
+        num_features += sum(int(info["num_chs"]) for info in module.feature_info[-scales:])
+    return Backbone(module, num_features, mean, std, input_size, weights_id, scales)
 
 
 def build_classifier_from_checkpoint(
@@ -192,7 +228,8 @@ def build_classifier_from_checkpoint(
     The head's hidden sizes are read from the weight shapes; `meta["dropout"]` (default 0.2)
     restores its dropout rate for MC dropout.
     """
-    backbone = create_backbone(str(meta["backbone"]), pretrained=False)
+    backbone = create_backbone(str(meta["backbone"]), pretrained=False,
+                               scales=int(meta.get("feature_scales", 0)))
     linear = sorted(
         (int(m[1]), tensor)
         for key, tensor in state.items()
@@ -204,7 +241,7 @@ def build_classifier_from_checkpoint(
     head = MLPHead(
         backbone.num_features, len(meta["classes"]), hidden=hidden, dropout=float(meta.get("dropout", 0.2))
     )
-    model = Classifier(backbone.module, head)
+    model = Classifier(backbone.module, head, backbone.scales)
     _load_strict(model, state, f"checkpoint for {meta['backbone']}")
     return model.eval()
 

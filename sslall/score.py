@@ -239,7 +239,8 @@ def extract_features(
         todo_ids = list(todo)
         pending_ids: list[str] = []
         pending: list[np.ndarray] = []
-        batches = _stream(backbone.module, dataset, batch_size, device, num_workers)
+        batches = _stream(backbone.module, dataset, batch_size, device, num_workers,
+                          forward=backbone.features)
         with contextlib.closing(batches):
             for index, feats in batches:
                 _check_features(feats, store.key["backbone"])
@@ -395,7 +396,8 @@ def _allocate(work_dir: str | Path | None, name: str, shape: tuple[int, int]) ->
 def _architecture(backbone: Backbone) -> str:
     cfg = getattr(backbone.module, "pretrained_cfg", None)
     arch = cfg.get("architecture") if isinstance(cfg, dict) else None
-    return f"{arch or type(backbone.module).__name__}/d{backbone.num_features}"
+    scales = f"/s{backbone.scales}" if backbone.scales else ""
+    return f"{arch or type(backbone.module).__name__}/d{backbone.num_features}{scales}"
 
 
 def _head_sizes(head: nn.Module) -> tuple[int, int]:

@@ -158,6 +158,8 @@ def run_simulation(spec: SimulationSpec, *, progress: Progress | None = None,
             "mode": config.model.mode, "image_size": config.model.image_size,
             "initial_pools": initial, "test_images": len(test),
             "test_images_also_in_data": overlap, "workspace": str(ws.root),
+            "settings": {name: dataclasses.asdict(getattr(config, name))
+                         for name in ("model", "train", "augment", "pseudo", "route")},
         },
         "rounds": [],
     }

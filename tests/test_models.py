@@ -334,3 +334,37 @@ def test_checkpoint_refuses_pickles_and_mismatched_pairs(tmp_path: Path) -> None
     (tmp_path / "model.json").unlink()
     with pytest.raises(NotFoundError):
         load_checkpoint(tmp_path)
+
+
+# --- multi-scale features -------------------------------------------------------------------
+
+
+def test_multiscale_features_append_pooled_stages_and_survive_a_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    plain = create_backbone("resnet18", pretrained=False)
+    multi = create_backbone("resnet18", pretrained=False, scales=2)
+    assert multi.scales == 2
+    assert multi.num_features == plain.num_features + 256 + 512  # layer3 + layer4 pooled
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = multi.features(x)
+        final = multi.module(x)
+        layer3 = multi.module.layer3(multi.module.layer2(multi.module.layer1(
+            multi.module.maxpool(multi.module.act1(multi.module.bn1(multi.module.conv1(x)))))))
+    assert feats.shape == (2, multi.num_features)
+    assert torch.allclose(feats[:, -plain.num_features:], final, atol=1e-5)  # final features last
+    assert torch.allclose(feats[:, :256], layer3.mean(dim=(2, 3)), atol=1e-5)
+
+    model = Classifier(multi.module, MLPHead(multi.num_features, 3), multi.scales).eval()
+    meta = {**META, "backbone": "resnet18", "feature_scales": 2}
+    save_checkpoint(tmp_path / "ckpt", model.state_dict(), meta)
+    rebuilt = build_classifier_from_checkpoint(*load_checkpoint(tmp_path / "ckpt"))
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+        assert rebuilt.features(x).shape == (2, multi.num_features)
+
+
+def test_multiscale_is_ignored_by_a_backbone_without_stages() -> None:
+    backbone = create_backbone(BASELINE_CNN, pretrained=False, scales=2)
+    assert (backbone.scales, backbone.num_features) == (0, 128)
+    assert create_backbone("resnet18", pretrained=False, scales=9).scales == 5  # all it has

@@ -14,12 +14,16 @@ def test_simulate_reports_every_round_and_never_touches_the_test_set(tmp_path: P
     write_dataset(tmp_path / "train", ("A", "B", "C"), 20, size=32, seed=1, difficulty=0.2)
     write_dataset(tmp_path / "test", ("A", "B", "C"), 6, size=32, seed=2, difficulty=0.2)
     out = tmp_path / "report.json"
+    settings = tmp_path / "sim.toml"  # the base config; flags override it
+    settings.write_text("[model]\nimage_size = 32\nbackbone = 'resnet18'\n[train]\nepochs = 7\n")
     result = invoke(runner, "simulate", tmp_path / "train", "--test-dir", tmp_path / "test",
                     "--labels-per-class", "5", "--rounds", "2", "--budget", "3", "--threshold",
-                    "0.6", "--backbone", "baseline-cnn", "--image-size", "32", "--mode", "head",
+                    "0.6", "--backbone", "baseline-cnn", "--config", settings, "--mode", "head",
                     "--baselines", "--work", tmp_path / "work", "--json", out)
     assert result.exit_code == 0, result.stderr
     report = json.loads(out.read_text())
+    assert report["config"]["settings"]["train"]["epochs"] == 7
+    assert report["config"]["image_size"] == 32 and report["config"]["backbone"] == "baseline-cnn"
     assert report["config"]["initial_pools"] == {"labeled": 9, "holdout": 6, "unlabeled": 45,
                                                  "pseudo": 0, "review": 0, "quarantine": 0}
     assert [r["round"] for r in report["rounds"]] == [1, 2]
@@ -43,3 +47,12 @@ def test_simulate_reports_every_round_and_never_touches_the_test_set(tmp_path: P
 def test_simulate_needs_exactly_one_starting_size(tmp_path: Path, runner) -> None:
     result = invoke(runner, "simulate", tmp_path, "--test-dir", tmp_path)
     assert result.exit_code == 2 and "exactly one of --label-fraction" in result.stderr
+
+
+def test_simulate_config_file_errors_name_the_key(tmp_path: Path, runner) -> None:
+    settings = tmp_path / "sim.toml"
+    settings.write_text("[train]\nepoch = 7\n")
+    result = invoke(runner, "simulate", tmp_path, "--test-dir", tmp_path, "--labels-per-class",
+                    "2", "--config", settings)
+    assert result.exit_code != 0 and "train.epoch" in result.stderr and "epochs" in result.stderr
+    assert "Traceback" not in result.stderr
