@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 CLASS_BALANCE = ("sampler", "loss", "none")
 BACKBONE_LR_FACTOR = 0.1  # finetune: the pretrained backbone moves 10x slower than the new head
 Progress = Callable[[int, int], None]
+# A head epoch draws at least this many rows (repeating a small training set), so that 70
+# labeled cells get enough optimizer steps between two early-stopping checks; with one pass
+# per epoch the best holdout score was picked from an undertrained head (see BENCHMARKS.md).
+MIN_EPOCH_ROWS = 512
 
 
 @dataclass
@@ -124,7 +128,8 @@ def train_head(
     batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4, class_balance: str = "sampler",
     patience: int = 5, seed: int = 0, device: torch.device | str = "cpu", progress: Progress | None = None,
 ) -> TrainResult:
-    """Train an `MLPHead(D, num_classes, hidden, dropout)` on features with AdamW.
+    """Train an `MLPHead(D, num_classes, hidden, dropout)` on features with AdamW; an epoch
+    draws max(N, MIN_EPOCH_ROWS) rows.
 
     With validation rows, stops after `patience` epochs without a better val macro-F1
     (`patience` < 1: never early) and keeps the best epoch; without, keeps the last epoch.
@@ -153,8 +158,11 @@ def train_head(
         best = _Best(patience)
         for epoch in range(1, epochs + 1):
             head.train()
-            order = (torch.multinomial(draw, len(y), replacement=True, generator=generator)
-                     if draw is not None else torch.randperm(len(y), generator=generator))
+            draws = max(len(y), MIN_EPOCH_ROWS)
+            order = (torch.multinomial(draw, draws, replacement=True, generator=generator)
+                     if draw is not None else
+                     torch.cat([torch.randperm(len(y), generator=generator)
+                                for _ in range(-(-draws // len(y)))]))
             total = 0.0
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size].to(device)
@@ -163,12 +171,12 @@ def train_head(
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * len(idx)
-            record = {"epoch": epoch, "train_loss": _finite(total / len(order), epoch, lr),
-                      "val_macro_f1": _head_f1(head, val_x, val_y, device) if has_val else None}
-            best.history.append(record)
+            f1, nll = _head_scores(head, val_x, val_y, device) if has_val else (None, None)
+            best.history.append({"epoch": epoch, "train_loss": _finite(total / len(order), epoch, lr),
+                                 "val_macro_f1": f1, "val_loss": nll})
             if progress is not None:
                 progress(epoch, epochs)
-            if has_val and best.update(epoch, record["val_macro_f1"], head):
+            if has_val and best.update(epoch, f1, nll, head):
                 break
     if not has_val:
         best.keep(len(best.history), head)
@@ -250,10 +258,11 @@ def finetune(
                 total, seen, step = total + float(loss.detach()) * len(idx), seen + len(idx), step + 1
                 if progress is not None:
                     progress(step, total_steps)
-            f1 = _loader_f1(classifier, val_loader, val_y, device, autocast) if val_loader else None
+            f1, nll = (_loader_scores(classifier, val_loader, val_y, device, autocast)
+                       if val_loader else (None, None))
             best.history.append({"epoch": epoch, "train_loss": _finite(total / max(seen, 1), epoch, lr),
-                                 "val_macro_f1": f1})
-            if has_val and best.update(epoch, f1, classifier):
+                                 "val_macro_f1": f1, "val_loss": nll})
+            if has_val and best.update(epoch, f1, nll, classifier):
                 break
     if has_val:
         classifier.load_state_dict(best.state)
@@ -269,19 +278,23 @@ def finetune(
 
 
 class _Best:
-    """Early stopping on a score (higher is better); ties keep the earlier epoch."""
+    """Early stopping on validation macro-F1; a tie goes to the lower validation loss.
+
+    A holdout of a few dozen cells gives the same F1 to many epochs; without the loss as
+    tie-break the first of them, often an undertrained head, was kept.
+    """
 
     def __init__(self, patience: int) -> None:
         self.patience = int(patience)
-        self.score = -math.inf
+        self.score: tuple[float, float] = (-math.inf, -math.inf)
         self.epoch = 0
         self.state: dict[str, torch.Tensor] = {}
         self.history: list[dict] = []
 
-    def update(self, epoch: int, score: float, module: nn.Module) -> bool:
-        """Record the epoch's score; True when training should stop."""
-        if score > self.score:
-            self.score = score
+    def update(self, epoch: int, f1: float, loss: float, module: nn.Module) -> bool:
+        """Record the epoch's scores; True when training should stop."""
+        if (f1, -loss) > self.score:
+            self.score = (f1, -loss)
             self.keep(epoch, module)
         return self.patience > 0 and epoch - self.epoch >= self.patience
 
@@ -366,28 +379,40 @@ def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0))
 
 
-def _head_f1(head: nn.Module, val_x: np.ndarray, val_y: np.ndarray, device: torch.device) -> float:
+def _val_scores(logits: torch.Tensor, val_y: np.ndarray) -> tuple[float, float]:
+    """(macro-F1, mean cross-entropy) of validation logits."""
+    y = torch.as_tensor(np.asarray(val_y, dtype=np.int64))
+    nll = float(F.cross_entropy(logits.float(), y))
+    return _macro_f1(val_y, logits.argmax(1).numpy()), nll
+
+
+def _head_scores(head: nn.Module, val_x: np.ndarray, val_y: np.ndarray, device: torch.device
+                 ) -> tuple[float, float]:
     head.eval()
-    preds = []
+    logits = []
     with torch.inference_mode():
         for start in range(0, len(val_x), 8192):
             chunk = torch.as_tensor(np.asarray(val_x[start : start + 8192], dtype=np.float32), device=device)
-            preds.append(head(chunk).argmax(1).cpu().numpy())
-    return _macro_f1(val_y, np.concatenate(preds))
+            logits.append(head(chunk).float().cpu())
+    return _val_scores(torch.cat(logits), val_y)
 
 
-def _loader_f1(model: nn.Module, loader: DataLoader, val_y: np.ndarray, device: torch.device,
-               autocast: Callable[[], object]) -> float:
+def _loader_scores(model: nn.Module, loader: DataLoader, val_y: np.ndarray, device: torch.device,
+                   autocast: Callable[[], object]) -> tuple[float, float]:
     model.eval()
-    preds = np.zeros(len(val_y), dtype=np.int64)
+    logits: torch.Tensor | None = None
     with torch.inference_mode():
         for x, idx in loader:
             x = x.to(device, non_blocking=True)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast():
-                preds[idx.numpy()] = model(x).argmax(1).cpu().numpy()
-    return _macro_f1(val_y, preds)
+                out = model(x).float().cpu()
+            if logits is None:
+                logits = torch.zeros(len(val_y), out.shape[1])
+            logits[idx] = out
+    assert logits is not None  # a validation loader is only made for a non-empty holdout
+    return _val_scores(logits, val_y)
 
 
 def _n_classes(classifier: Classifier) -> int:

@@ -47,7 +47,7 @@ def test_train_head_learns_separable_blobs(balance):
     assert result.history[result.best_epoch - 1]["val_macro_f1"] == 1.0
     assert (_predict(result.state, vx) == vy).all()
     assert calls == list(range(1, len(result.history) + 1)) and result.seconds > 0
-    assert set(result.history[0]) == {"epoch", "train_loss", "val_macro_f1"}
+    assert set(result.history[0]) == {"epoch", "train_loss", "val_macro_f1", "val_loss"}
 
 
 def test_train_head_is_reproducible_and_leaves_global_rng_alone():
@@ -78,18 +78,19 @@ def test_zero_weight_rows_are_ignored_and_weights_matter():
 
 def test_early_stopping_keeps_the_best_epoch(monkeypatch):
     x, y = _blobs()
-    scores = iter([0.5, 0.9, 0.7, 0.9, 0.6, 0.6, 0.6, 0.6])
+    # (macro-F1, loss) per epoch: an F1 tie goes to the lower loss, an equal one to the earlier epoch
+    scores = iter([(0.5, 1.0), (0.9, 0.8), (0.9, 0.9), (0.9, 0.4), (0.9, 0.4)] + [(0.6, 0.3)] * 5)
     snapshots = []
 
     def scripted(head, val_x, val_y, device):
         snapshots.append({k: v.clone() for k, v in head.state_dict().items()})
         return next(scores)
 
-    monkeypatch.setattr(train, "_head_f1", scripted)
+    monkeypatch.setattr(train, "_head_scores", scripted)
     result = train_head(x, y, np.ones(len(y)), x, y, num_classes=3, **{**FAST, "patience": 3})
-    assert result.best_epoch == 2  # the tie at epoch 4 keeps the earlier epoch
-    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5]  # stopped 3 epochs after the best
-    assert _states_equal(result.state, snapshots[1])
+    assert result.best_epoch == 4
+    assert [h["epoch"] for h in result.history] == list(range(1, 8))  # stopped 3 epochs after the best
+    assert _states_equal(result.state, snapshots[3])
 
 
 def test_without_validation_trains_all_epochs_and_keeps_the_last():
