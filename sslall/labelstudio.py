@@ -138,7 +138,9 @@ def push(store: PoolStore, config: Config, *, base: Path | None = None,
     """
     ls = config.labelstudio
     root = _document_root(config, base)
-    client = client or connect(config, base)
+    if client is None:
+        with connect(config, base) as own:
+            return push(store, config, base=base, client=own)
     pid, created = project_id(client, config, create=True)
     report = PushReport(project_id=pid, created_project=created)
     wanted: dict[tuple[str, int], Sample] = {}
@@ -236,7 +238,9 @@ def pull(store: PoolStore, config: Config, *, base: Path | None = None,
          client: LabelStudioClient | None = None, missing_ok: bool = False) -> PullReport:
     """Apply finished annotations (see the module docstring); the caller holds the round lock.
     `missing_ok`: a project title nothing was pushed to yet is an empty pull, not an error."""
-    client = client or connect(config, base)
+    if client is None:
+        with connect(config, base) as own:
+            return pull(store, config, base=base, client=own, missing_ok=missing_ok)
     try:
         pid, _ = project_id(client, config, create=False)
     except ProjectMissing:
@@ -325,7 +329,9 @@ def status(store: PoolStore, config: Config, *, base: Path | None = None,
            client: LabelStudioClient | None = None) -> dict:
     """Per class of the model's guess: queued (in review, not sent), pushed, annotated (waiting
     for a pull) and pending (sent, not yet answered)."""
-    client = client or connect(config, base)
+    if client is None:
+        with connect(config, base) as own:
+            return status(store, config, base=base, client=own)
     found = client.find_project(config.labelstudio.project)
     pid = found[0] if found else None
     annotated = set()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -40,7 +39,13 @@ def label_config(classes: tuple[str, ...]) -> str:
 
 def config_choices(xml: str) -> set[str]:
     """The choice values a project's labelling config offers (what a push needs to find)."""
-    return set(re.findall(r'<Choice\s+value="([^"]*)"', xml or ""))
+    from xml.etree import ElementTree
+
+    try:
+        root = ElementTree.fromstring(xml or "<View/>")
+    except ElementTree.ParseError:
+        return set()
+    return {c.get("value", "") for c in root.iter("Choice")}
 
 
 def choice_result(label: str) -> list[dict]:
@@ -82,6 +87,7 @@ class LabelStudioClient:
 
     def __init__(self, url: str, api_key: str, *, timeout: float = 10.0,
                  max_retries: int = 1) -> None:
+        import httpx
         from label_studio_sdk import LabelStudio
 
         if not url:
@@ -89,14 +95,31 @@ class LabelStudioClient:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self._key = api_key
+        self._http = httpx.Client(timeout=timeout, follow_redirects=True)  # ours, so we close it
         self.sdk = self._call("connecting", lambda: LabelStudio(
-            base_url=self.url, api_key=api_key, timeout=timeout, max_retries=max_retries))
+            base_url=self.url, api_key=api_key, timeout=timeout, max_retries=max_retries,
+            httpx_client=self._http))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> LabelStudioClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @classmethod
     def from_config(cls, ls: LabelStudioConfig, base: Path | None = None) -> LabelStudioClient:
         """Connect as the config says and check the server and the key (two quick calls)."""
+        if not ls.url:
+            raise UsageError("Label Studio is not configured: set labelstudio.url in sslall.toml")
         client = cls(ls.url, read_api_key(ls, base), timeout=ls.timeout)
-        client.check()
+        try:
+            client.check()
+        except LabelStudioError:
+            client.close()
+            raise
         return client
 
     # -- failure translation -----------------------------------------------------------
@@ -113,6 +136,9 @@ class LabelStudioClient:
             message = self._api_error(what, exc, not_found)
         except httpx.ConnectError:
             message = f"cannot reach Label Studio at {self.url} (connection refused or unknown host)"
+        except (httpx.NetworkError, httpx.RemoteProtocolError):
+            message = (f"lost the connection to Label Studio at {self.url} while {what} (did the "
+                       "server stop?)")
         except httpx.TimeoutException:
             message = (f"Label Studio at {self.url} did not answer within {self.timeout:g} s "
                        f"while {what}")
