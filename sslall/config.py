@@ -44,6 +44,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     head_hidden: tuple[int, ...] = (64, 64)
     dropout: float = 0.2
+    head_ensemble: int = 5
     class_balance: str = "sampler"
     pseudo_weight: str | float = "confidence"
     hard_weight: float = 2.0
@@ -145,6 +146,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "model.image_size": (16, 1024, True, True),
     "model.feature_scales": (0, 4, True, True),
     "train.epochs": (1, None, True, True),
+    "train.head_ensemble": (1, 32, True, True),
     "train.batch_size": (1, None, True, True),
     "train.lr": (0, None, False, True),
     "train.finetune_lr": (0, None, False, True),
@@ -186,6 +188,7 @@ KEY_DOCS: dict[str, str] = {
     "train.weight_decay": "AdamW weight decay",
     "train.head_hidden": "hidden layer widths of the MLP head, e.g. [64, 64]",
     "train.dropout": "dropout in the head (also drives BALD's MC dropout)",
+    "train.head_ensemble": "head mode: heads trained with different seeds, probabilities averaged",
     "train.class_balance": "sampler (class-balanced sampling), loss (class weights) or none",
     "train.pseudo_weight": "'confidence' (weight = calibrated confidence) or a number in (0, 1]",
     "train.hard_weight": "weight of low-confidence labeled samples in the next training",

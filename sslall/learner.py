@@ -12,6 +12,7 @@ coreset, TypiClust and the report.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,10 +23,10 @@ import torch
 from sslall.config import Config
 from sslall.faults import fault_point
 from sslall.metrics import expected_calibration_error, fit_temperature, softmax
-from sslall.models import Backbone, Classifier, MLPHead, create_backbone
+from sslall.models import Backbone, Classifier, EnsembleHead, MLPHead, create_backbone
 from sslall.pools import Sample
 from sslall.score import FeatureCache, extract_features, mc_dropout_probs, predict
-from sslall.train import finetune, resolve_device, resolve_mode, train_head
+from sslall.train import finetune, one_cpu_thread, resolve_device, resolve_mode, train_head
 
 if TYPE_CHECKING:
     from sslall.rounds import Snapshot
@@ -188,11 +189,16 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
             progress=_step(progress, "features"),
         )
         fault_point("features-done")
-        result = train_head(features[rows], y, w, features[holdout], y_all[holdout],
-                            num_classes=len(cfg.classes), lr=cfg.train.lr, **head_kwargs,
-                            **common)
-        head = MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs)
-        head.load_state_dict(result.state)
+        members, seconds = [], 0.0
+        for k in range(cfg.train.head_ensemble):
+            result = train_head(features[rows], y, w, features[holdout], y_all[holdout],
+                                num_classes=len(cfg.classes), lr=cfg.train.lr, **head_kwargs,
+                                **{**common, "seed": seed + k})
+            members.append(MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs))
+            members[-1].load_state_dict(result.state)
+            seconds += result.seconds
+        result.seconds = seconds  # the report's training time covers every member
+        head = members[0] if len(members) == 1 else EnsembleHead(members)
     else:
         features = None
         head = MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs)
@@ -214,7 +220,7 @@ def _head_logits(head: MLPHead, features: np.ndarray, device: torch.device, batc
                  ) -> np.ndarray:
     head = head.to(device).eval()
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), one_cpu_thread() if device.type == "cpu" else nullcontext():
         for start in range(0, len(features), batch):
             chunk = torch.as_tensor(np.asarray(features[start:start + batch]), device=device)
             out.append(head(chunk.float()).cpu().numpy())

@@ -14,7 +14,7 @@ features [N, D]) and what is needed to feed it. Weights come from, in order of p
 
 `Backbone.features` (and `Classifier`) may append the pooled maps of the last intermediate stages
 to the final features (`model.feature_scales`). `baseline-cnn` is a small from-scratch CNN for
-comparison runs. `MLPHead` is the seeds' "two
+comparison runs. `EnsembleHead` averages several heads' probabilities. `MLPHead` is the seeds' "two
 FC-64 layers"; its dropout stays in the module so MC dropout (BALD) is `head.train()`.
 """
 
@@ -24,6 +24,7 @@ import difflib
 import hashlib
 import itertools
 import logging
+import math
 import os
 import re
 import socket
@@ -58,6 +59,7 @@ __all__ = [
     "Backbone",
     "BaselineCNN",
     "Classifier",
+    "EnsembleHead",
     "MLPHead",
     "build_classifier_from_checkpoint",
     "create_backbone",
@@ -165,6 +167,25 @@ class MLPHead(nn.Module):
         return self.layers(x)
 
 
+class EnsembleHead(nn.Module):
+    """Several heads on the same features; the output is the log of their mean probability.
+
+    Log-probabilities are valid logits (softmax gives the mean back), so temperature scaling,
+    thresholds and MC dropout treat an ensemble like one head. Heads of different seeds disagree
+    where a few dozen labels leave the boundary open, which steadies rounds and calibration.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one head")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logp = torch.stack([m(x).float().log_softmax(dim=-1) for m in self.members])
+        return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
+
+
 class Classifier(nn.Module):
     """Backbone features followed by a head; `features` exposes the embeddings for kNN/k-center."""
 
@@ -231,16 +252,20 @@ def build_classifier_from_checkpoint(
     backbone = create_backbone(str(meta["backbone"]), pretrained=False,
                                scales=int(meta.get("feature_scales", 0)))
     linear = sorted(
-        (int(m[1]), tensor)
+        (int(m[1] or -1), int(m[2]), tensor)
         for key, tensor in state.items()
-        if (m := re.fullmatch(r"head\.layers\.(\d+)\.weight", key))
+        if (m := re.fullmatch(r"head\.(?:members\.(\d+)\.)?layers\.(\d+)\.weight", key))
     )
     if not linear:
         raise ModelError(f"checkpoint for {meta['backbone']} has no head weights")
-    hidden = [int(tensor.shape[0]) for _, tensor in linear[:-1]]
-    head = MLPHead(
-        backbone.num_features, len(meta["classes"]), hidden=hidden, dropout=float(meta.get("dropout", 0.2))
-    )
+    members = sorted({member for member, _, _ in linear})
+    hidden = [int(t.shape[0]) for member, _, t in linear if member == members[0]][:-1]
+
+    def new_head() -> MLPHead:
+        return MLPHead(backbone.num_features, len(meta["classes"]), hidden=hidden,
+                       dropout=float(meta.get("dropout", 0.2)))
+
+    head: nn.Module = new_head() if members == [-1] else EnsembleHead([new_head() for _ in members])
     model = Classifier(backbone.module, head, backbone.scales)
     _load_strict(model, state, f"checkpoint for {meta['backbone']}")
     return model.eval()

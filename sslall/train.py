@@ -36,8 +36,8 @@ from sslall.models import Classifier, MLPHead
 if TYPE_CHECKING:
     from sslall.config import AugmentConfig
 
-__all__ = ["CLASS_BALANCE", "TrainResult", "TrainSet", "finetune", "resolve_device", "resolve_mode",
-           "train_head"]
+__all__ = ["CLASS_BALANCE", "TrainResult", "TrainSet", "finetune", "one_cpu_thread", "resolve_device",
+           "resolve_mode", "train_head"]
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def train_head(
     has_val = val_x is not None and val_y is not None and len(val_y) > 0
     device = torch.device(device)
     started = time.perf_counter()
-    with _seeded(seed, device):
+    with _seeded(seed, device), one_cpu_thread() if device.type == "cpu" else nullcontext():
         head = MLPHead(x.shape[1], num_classes, hidden=hidden, dropout=dropout).to(device)
         optimizer = torch.optim.AdamW(_param_groups(head, lr, weight_decay))
         xt = torch.as_tensor(x, device=device)
@@ -301,6 +301,22 @@ class _Best:
     def keep(self, epoch: int, module: nn.Module) -> None:
         self.epoch = epoch
         self.state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+@contextmanager
+def one_cpu_thread() -> Iterator[None]:
+    """Run small CPU tensor work (a head on features) on one intra-op thread.
+
+    A head's matrices are too small to split across cores, and on a busy machine the extra
+    threads spin waiting for each other: on the 2-core reference VM under load, training a head
+    took 250 s with two threads and 14 s with one (BENCHMARKS.md).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextmanager

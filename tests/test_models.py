@@ -18,6 +18,7 @@ from sslall.errors import ModelError, NotFoundError
 from sslall.models import (
     BASELINE_CNN,
     Classifier,
+    EnsembleHead,
     MLPHead,
     build_classifier_from_checkpoint,
     create_backbone,
@@ -368,3 +369,20 @@ def test_multiscale_is_ignored_by_a_backbone_without_stages() -> None:
     backbone = create_backbone(BASELINE_CNN, pretrained=False, scales=2)
     assert (backbone.scales, backbone.num_features) == (0, 128)
     assert create_backbone("resnet18", pretrained=False, scales=9).scales == 5  # all it has
+
+
+def test_ensemble_head_averages_probabilities_and_survives_a_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    members = [MLPHead(128, 3, hidden=(8,)) for _ in range(3)]
+    head = EnsembleHead(members).eval()
+    x = torch.randn(5, 128)
+    with torch.no_grad():
+        mean = torch.stack([m(x).softmax(dim=1) for m in members]).mean(dim=0)
+        assert torch.allclose(head(x).softmax(dim=1), mean, atol=1e-6)
+    model = Classifier(create_backbone(BASELINE_CNN, pretrained=False).module, head).eval()
+    save_checkpoint(tmp_path / "ckpt", model.state_dict(), META)
+    rebuilt = build_classifier_from_checkpoint(*load_checkpoint(tmp_path / "ckpt"))
+    assert isinstance(rebuilt.head, EnsembleHead) and len(rebuilt.head.members) == 3
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(images), model(images))
