@@ -141,7 +141,7 @@ def start(data_dir: Path, port: int, *, document_root: Path | None = None,
         log.close()
 
 
-def wait_healthy(url: str, proc: subprocess.Popen | None = None, *, timeout: float = 180.0,
+def wait_healthy(url: str, proc: subprocess.Popen | None = None, *, timeout: float = 600.0,
                  log: Path | None = None) -> None:
     """Wait for `GET /health`; a first start on a new data folder migrates for ~30-60 s."""
     deadline = time.monotonic() + timeout
@@ -176,7 +176,7 @@ def read_state(data_dir: Path) -> dict:
 
 
 def up(data_dir: Path, port: int, *, document_root: Path | None = None,
-       timeout: float = 180.0) -> ServerInfo:
+       timeout: float = 600.0) -> ServerInfo:
     """Start a server for a person to use, and record it in the data folder's state file."""
     data_dir = data_dir.resolve()
     state = read_state(data_dir)

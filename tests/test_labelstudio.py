@@ -36,6 +36,8 @@ from sslall.labelstudio_client import (
 from sslall.pools import Move, NewSample, PoolStore
 from sslall.workspace import create_workspace
 
+pytestmark = pytest.mark.labelstudio
+
 # -- pure functions --------------------------------------------------------------------------
 
 
@@ -408,6 +410,35 @@ def test_every_failure_is_one_line_and_never_shows_the_key(ls: Server, tmp_path:
         assert result.exit_code == 0 and ls.key not in result.stdout + result.stderr
     log = (ws / "logs" / "sslall.log").read_text()
     assert ls.key not in log and "not-the-key" not in log
+
+
+def test_inside_a_round_a_dead_server_or_bad_key_is_one_warning_line(ls: Server, tmp_path: Path
+                                                                    ) -> None:
+    from dataclasses import replace
+
+    from sslall.labelstudio import pull_if_configured, push_if_configured
+    from sslall.labelstudio_server import free_port
+    from sslall.workspace import Workspace
+
+    root, _ = review_ws(tmp_path, ls, n=3)
+    ws = Workspace(root)
+    config = ws.config()
+    wrong = tmp_path / "wrong-key"
+    wrong.write_text("0123456789abcdef-not-the-key\n")
+    dead = replace(config.labelstudio, url=f"http://127.0.0.1:{free_port()}")
+    refused = replace(config.labelstudio, api_key_file=str(wrong))
+    with PoolStore(ws.db_path) as store:
+        for ls_config, problem in ((dead, "cannot reach"), (refused, "refused the API key")):
+            broken = replace(config, labelstudio=ls_config)
+            pulled = pull_if_configured(ws, broken, store)
+            pushed = push_if_configured(ws, broken, store)
+            assert pulled.error.startswith("Label Studio pull skipped: ") and problem in pulled.error
+            assert pushed.error.startswith("Label Studio push skipped: ") and problem in pushed.error
+            assert "\n" not in pulled.error + pushed.error and "not-the-key" not in pushed.error
+        assert store.pool_sizes()["review"] == 3
+        # the next push catches up
+        assert push_if_configured(ws, config, store).pushed == 3
+        assert pull_if_configured(ws, config, store).error is None
 
 
 def _not_label_studio() -> str:
