@@ -104,8 +104,8 @@ def pooled_features(module: nn.Module, x: torch.Tensor, scales: int) -> torch.Te
     intermediate feature maps.
 
     Mid-level stages describe texture and chromatin better than the ImageNet-tuned last layer;
-    on all-taleqani, pooling the last two stages next to the final features lifts a logistic
-    regression from 5 % of the labels from 0.92 to 0.96 macro-F1 (see BENCHMARKS.md).
+    on all-taleqani they lift a classifier trained on 5 % of the labels (BENCHMARKS.md,
+    "Head mode").
     """
     if scales <= 0:
         return module(x)

@@ -307,9 +307,9 @@ class _Best:
 def one_cpu_thread() -> Iterator[None]:
     """Run small CPU tensor work (a head on features) on one intra-op thread.
 
-    A head's matrices are too small to split across cores, and on a busy machine the extra
-    threads spin waiting for each other: on the 2-core reference VM under load, training a head
-    took 250 s with two threads and 14 s with one (BENCHMARKS.md).
+    A head's matrices are too small to gain from more cores, and on a busy machine (a shared
+    node, a nightly job beside others) the extra threads spin waiting for each other
+    (BENCHMARKS.md, "Head mode").
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
