@@ -47,8 +47,9 @@ browser:
 test: lint labelstudio browser
 	$(BIN)/python -m pytest -q
 
+# make bench: every benchmarks/bench_*.py at full size; BENCH="import status" or BENCH=--quick
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(BENCH)
 
 clean:
 	rm -rf demo-workspace .pytest_cache .ruff_cache
