@@ -50,7 +50,7 @@ class TrainConfig:
     hard_weight: float = 2.0
     patience: int = 5
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int = 1
     finetune_lr: float = 1e-4
 
 
@@ -194,7 +194,7 @@ KEY_DOCS: dict[str, str] = {
     "train.hard_weight": "weight of low-confidence labeled samples in the next training",
     "train.patience": "early stopping patience in epochs, on holdout macro-F1",
     "train.seed": "random seed; CPU runs with the same seed are reproducible",
-    "train.num_workers": "data-loading worker processes",
+    "train.num_workers": "image-decoding worker processes (0 = decode in the main process)",
     "augment.hflip": "random horizontal flips",
     "augment.vflip": "random vertical flips",
     "augment.rotation": "random rotation range in degrees",

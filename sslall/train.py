@@ -307,9 +307,9 @@ class _Best:
 def one_cpu_thread() -> Iterator[None]:
     """Run small CPU tensor work (a head on features) on one intra-op thread.
 
-    A head's matrices are too small to gain from more cores, and on a busy machine (a shared
-    node, a nightly job beside others) the extra threads spin waiting for each other
-    (BENCHMARKS.md, "Head mode").
+    A head's matrices are too small to gain from more cores (BENCHMARKS.md, "Head mode"), and on
+    a busy machine (a shared node, a nightly job beside others) extra threads wait for each
+    other: the "Scoring" section measured small tensor ops 20x slower on two threads than on one.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
