@@ -150,19 +150,6 @@ def rate_profile(sampler: TreeSampler) -> dict:
     return {"first_commit_s": first[0], "steady_files_per_s": steady}
 
 
-def listing_memory(src: Path) -> dict:
-    """Bytes the importer's list of entries holds (tracemalloc of `list_source`, in-process)."""
-    import tracemalloc
-
-    from sslall.importer import list_source
-
-    tracemalloc.start()
-    entries = list_source(src, "unlabeled", ("A", "B", "C", "D"))
-    held = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    return {"listing_mib": _report.mib(held), "listing_bytes_per_file": held / len(entries)}
-
-
 # -- profile ------------------------------------------------------------------------------
 
 _KEY_FUNCS = [  # (label, file suffix, function name)
@@ -250,7 +237,6 @@ def main() -> None:
         if again["report"]["already_present"] != n:
             raise SystemExit(f"re-add: expected {n} already present, got {again['report']}")
         db_bytes = (ws / "pools" / "pools.db").stat().st_size
-        listing = listing_memory(src)
 
         s1, s2 = first["sampler"], again["sampler"]
         rate1, rate2 = n / first["wall_s"], n / again["wall_s"]
@@ -272,7 +258,7 @@ def main() -> None:
             "readd_wall_s": again["wall_s"], "readd_files_per_s": rate2,
             "readd_peak_main_rss_mib": _report.mib(s2.peak_main_hwm),
             "readd_peak_tree_rss_mib": _report.mib(s2.peak_tree_rss),
-            "db_mib": _report.mib(db_bytes), **listing,
+            "db_mib": _report.mib(db_bytes),
             "target_files_per_s": TARGET_RATE, "target_met": rate1 >= TARGET_RATE,
         }
         prof = {}
@@ -315,8 +301,6 @@ def _write(r: dict, ms: list[dict], prof: dict, n: int, quick: bool) -> None:
             ["re-add peak RSS, main / tree (MiB)",
              f"{mb(r['readd_peak_main_rss_mib'])} / {mb(r['readd_peak_tree_rss_mib'])}"],
             ["pool store size after import (MiB)", f"{r['db_mib']:,.1f}"],
-            ["the importer's list of entries (tracemalloc of `list_source`, MiB)",
-             f"{r['listing_mib']:,.1f} ({r['listing_bytes_per_file']:,.0f} bytes a file)"],
         ],
     )
     def opt(x: float | None) -> str:
@@ -332,21 +316,18 @@ def _write(r: dict, ms: list[dict], prof: dict, n: int, quick: bool) -> None:
     from sslall.importer import BATCH, WINDOW
 
     met = r["add_files_per_s"] >= TARGET_RATE
-    per_file = r["listing_bytes_per_file"]
     growth = r["add_main_rss_growth_first10pct_to_end_mib"]
     body = [
         f"Target: >= {TARGET_RATE:,.0f} files/s with flat memory: rate {_report.verdict(met)} "
         f"({r['add_files_per_s']:,.0f} files/s end to end; re-add {r['readd_files_per_s']:,.0f} "
         f"files/s). Memory: the main process's peak grows by {growth if growth is not None else 'n/a'}"
         " MiB from 10 % to 100 % imported: flat while files are read and committed (a window of "
-        f"{WINDOW:,} files in flight, commits of {BATCH}). Not constant in N, though: `sslall add` "
-        "first lists and validates the whole source and holds that list for the whole import "
-        f"({r['listing_mib']:,.1f} MiB here, {per_file:,.0f} bytes a file, so about "
-        f"{per_file * 1e6 / 2**20:,.0f} MiB per 10^6 files).",
+        f"{WINDOW:,} files in flight, commits of {BATCH}). A folder source is walked twice (once "
+        "to validate and count it, once to import) and never held in memory as a list.",
         "",
         main_t, "",
-        "Memory at the first commit (all N paths are listed by then) and when the committed row "
-        "count first reached 10 %, 50 % and 100 % (one run, sampled every 0.2 s from "
+        "Memory at the first commit (the folder has been walked once to count it by then) and "
+        "when the committed row count first reached 10 %, 50 % and 100 % (one run, sampled every 0.2 s from "
         "/proc/PID/status of `sslall add` and its worker processes; rows lag the files examined "
         "by up to one batch of 512):",
         "", ms_t,

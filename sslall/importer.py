@@ -2,7 +2,8 @@
 
 A source is a folder (class sub-folders for labeled/holdout, any tree for unlabeled) or a CSV
 manifest (`path`, optional `label`, `patient`; paths relative to the manifest and never outside
-its folder). The source is listed and validated first (cheap: names only), then every file is
+its folder). The source is validated first (cheap: names only; a folder is walked once to
+count it and again to import, so memory does not grow with its size), then every file is
 hashed and fully decoded in worker processes, a bounded window at a time, and committed in
 batches: a killed import leaves complete batches, and re-running it picks up where it stopped.
 """
@@ -12,10 +13,11 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from hashlib import sha256
+from itertools import islice
 from pathlib import Path
 
 from sslall.errors import InputError, NotFoundError, UsageError
@@ -175,15 +177,15 @@ def examine(path: str, max_pixels: int) -> tuple[str, str | None]:
     return digest, None
 
 
-def _examined(entries: Sequence[Entry], max_pixels: int,
+def _examined(entries: Iterable[Entry], max_pixels: int,
               workers: int) -> Iterator[tuple[Entry, str, str | None]]:
     if workers <= 1:
         for e in entries:
             yield (e, *examine(e.path, max_pixels))
         return
+    remaining = iter(entries)
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(entries), WINDOW):
-            window = entries[start:start + WINDOW]
+        while window := list(islice(remaining, WINDOW)):
             results = pool.map(examine, [e.path for e in window], [max_pixels] * len(window),
                                chunksize=32)
             for e, (sid, reason) in zip(window, results, strict=True):
@@ -195,7 +197,16 @@ def import_source(
     max_pixels: int, holdout_fraction: float = 0.0, seed: int = 0, workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ImportReport:
-    """Import every file of `source` into `pool`; see the module docstring."""
+    """Import every file of `source` into `pool`; see the module docstring.
+
+    A folder is walked twice, once to validate and count it and once to import, so memory does
+    not grow with the number of files. A manifest, and a labeled import that carves a holdout
+    (which must see every label to stratify), are listed in memory first.
+    """
+    if pool in IMPORT_POOLS and source.is_dir() and not holdout_fraction:
+        total = sum(1 for _ in _walk_folder(source, pool, classes))
+        return import_entries(store, _walk_folder(source, pool, classes), pool,
+                              max_pixels=max_pixels, workers=workers, progress=progress, total=total)
     entries = list_source(source, pool, classes)
     return import_entries(store, entries, pool, max_pixels=max_pixels,
                           holdout_fraction=holdout_fraction, seed=seed, workers=workers,
@@ -203,13 +214,20 @@ def import_source(
 
 
 def import_entries(
-    store: PoolStore, entries: Sequence[Entry], pool: str, *, max_pixels: int,
+    store: PoolStore, entries: Iterable[Entry], pool: str, *, max_pixels: int,
     holdout_fraction: float = 0.0, seed: int = 0, workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, total: int | None = None,
 ) -> ImportReport:
-    """Import already-validated entries (labels known to be classes) into `pool`."""
+    """Import already-validated entries (labels known to be classes) into `pool`.
+
+    `entries` may be a one-pass iterator when `total` (its length, for progress) is given and
+    no holdout is carved.
+    """
     if holdout_fraction and pool != "labeled":
         raise UsageError("--holdout-fraction only applies when adding to the labeled pool")
+    if holdout_fraction or total is None:
+        entries = entries if isinstance(entries, Sequence) else list(entries)
+        total = len(entries)
     planner = HoldoutPlanner(entries, holdout_fraction, seed) if holdout_fraction else None
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     report = ImportReport()
@@ -232,7 +250,7 @@ def import_entries(
             _flush(store, batch, batch_ids, report)
         done += 1
         if progress:
-            progress(done, len(entries))
+            progress(done, total)
     _flush(store, batch, batch_ids, report)
     return report
 

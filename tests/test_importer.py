@@ -85,6 +85,21 @@ def test_folder_import_ids_duplicates_and_readd(store: PoolStore, tmp_path: Path
     assert store.pool_sizes()["labeled"] == 9
 
 
+def test_folder_import_streams_without_listing_the_folder(store: PoolStore, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder is walked (to count, then to import), never materialised as a list of entries."""
+    from sslall import importer
+
+    src = make_class_tree(tmp_path / "src", per_class=4)
+    monkeypatch.setattr(importer, "list_source", lambda *a, **k: pytest.fail("listed the folder"))
+    monkeypatch.setattr(importer, "WINDOW", 3)  # several windows of the one-pass walk
+    seen: list[tuple[int, int]] = []
+    report = import_source(store, src, "labeled", CLASSES, max_pixels=MAX_PIXELS, workers=2,
+                           progress=lambda done, total: seen.append((done, total)))
+    assert report.added == {"labeled": 12}
+    assert seen == [(i, 12) for i in range(1, 13)]
+
+
 def test_same_bytes_two_labels_is_a_conflict(store: PoolStore, tmp_path: Path) -> None:
     src = make_class_tree(tmp_path / "src", per_class=2)
     import_source(store, src, "labeled", CLASSES, max_pixels=MAX_PIXELS, workers=1)
