@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,28 @@ from typer.testing import CliRunner
 from sslall.cli import app
 
 CLASSES = ("L1", "L2", "L3")
+
+
+def sslall(*args: object, cwd: Path | None = None, env: dict | None = None
+           ) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess (`python -m sslall ARGS`), output captured."""
+    return subprocess.run([sys.executable, "-m", "sslall", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def paused(args: list, point: str, marker: Path, *, timeout: float = 300) -> subprocess.Popen:
+    """`sslall ARGS` frozen at fault point `point` (it writes `marker` and waits there)."""
+    proc = subprocess.Popen([sys.executable, "-m", "sslall", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "SSLALL_PAUSE_AT": point,
+                                 "SSLALL_PAUSE_FILE": str(marker)})
+    deadline = time.monotonic() + timeout
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not marker.exists():
+        proc.kill()
+        raise AssertionError(f"sslall {args[0]} never reached {point}: {proc.communicate()}")
+    return proc
 
 
 def write_image(path: Path, seed: int, size: int = 24, mode: str = "RGB", fmt: str | None = None

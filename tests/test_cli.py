@@ -6,13 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import invoke, make_class_tree, write_image
-
-
-def sslall(*args: str, cwd: Path | None = None, env: dict | None = None
-           ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sslall", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=120)
+from conftest import invoke, make_class_tree, sslall, write_image
 
 
 def test_init_writes_documented_config_and_refuses_twice(workspace: Path, runner) -> None:

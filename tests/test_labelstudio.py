@@ -13,13 +13,11 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from conftest import CLASSES, invoke, write_image
+from conftest import CLASSES, invoke, paused, sslall, write_image
 
 from sslall import labelstudio_records as records
 from sslall.config import Config, LabelStudioConfig, load_config
@@ -245,24 +243,6 @@ def assert_store_ok(ws: Path) -> None:
 
     with PoolStore(ws / "pools" / "pools.db") as store:
         assert check_store(store, CLASSES, files=False) == []
-
-
-def sslall(*args, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sslall", *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=600)
-
-
-def paused(args: list, point: str, marker: Path) -> subprocess.Popen:
-    """`sslall ARGS` frozen at fault point `point` (it writes `marker` and waits there)."""
-    proc = subprocess.Popen([sys.executable, "-m", "sslall", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "SSLALL_PAUSE_AT": point,
-                                 "SSLALL_PAUSE_FILE": str(marker)})
-    deadline = time.monotonic() + 300
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), f"never reached {point}: {proc.communicate()}"
-    return proc
 
 
 def test_push_pull_round_trip_with_every_annotation_rule(ls: Server, tmp_path: Path, runner,

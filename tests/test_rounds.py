@@ -4,13 +4,11 @@ import csv
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import invoke
+from conftest import invoke, paused, sslall
 
 from sslall.faults import POINTS
 from sslall.pools import PoolStore
@@ -75,11 +73,6 @@ def tiny_ws(tmp_path: Path, runner) -> Path:
 def pools_of(ws: Path) -> dict[str, int]:
     with PoolStore(ws / "pools" / "pools.db") as store:
         return store.pool_sizes()
-
-
-def sslall(*args, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "sslall", *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, timeout=300, **kw)
 
 
 def test_round_end_to_end(tiny_ws: Path, runner) -> None:
@@ -177,16 +170,9 @@ def test_round_killed_at_any_point_leaves_the_pools_as_they_were(tmp_path: Path,
     ws = build_workspace(tmp_path, runner)
     before = pools_of(ws)
     marker = tmp_path / "paused"
-    proc = subprocess.Popen([sys.executable, "-m", "sslall", "round", "-w", str(ws)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "SSLALL_PAUSE_AT": point,
-                                 "SSLALL_PAUSE_FILE": str(marker)})
-    deadline = time.monotonic() + 240
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), f"the round never reached {point} (rc={proc.poll()})"
+    proc = paused(["round", "-w", ws], point, marker)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     assert pools_of(ws) == before
     check = sslall("check", "-w", ws)
     assert check.returncode == 0, check.stdout
