@@ -189,15 +189,13 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
             progress=_step(progress, "features"),
         )
         fault_point("features-done")
-        members, seconds = [], 0.0
+        results, members = [], []
         for k in range(cfg.train.head_ensemble):
-            result = train_head(features[rows], y, w, features[holdout], y_all[holdout],
-                                num_classes=len(cfg.classes), lr=cfg.train.lr, **head_kwargs,
-                                **{**common, "seed": seed + k})
+            results.append(train_head(features[rows], y, w, features[holdout], y_all[holdout],
+                                      num_classes=len(cfg.classes), lr=cfg.train.lr,
+                                      **head_kwargs, **{**common, "seed": seed + k}))
             members.append(MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs))
-            members[-1].load_state_dict(result.state)
-            seconds += result.seconds
-        result.seconds = seconds  # the report's training time covers every member
+            members[-1].load_state_dict(results[-1].state)
         head = members[0] if len(members) == 1 else EnsembleHead(members)
     else:
         features = None
@@ -210,9 +208,12 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
             augment=cfg.augment, lr=cfg.train.finetune_lr, num_workers=cfg.train.num_workers,
             max_pixels=cfg.data.max_pixels, progress=_step(progress, "train"), **common,
         )
+        results = [result]
     head.eval()
-    report = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
-              "train_rows": int(len(rows)), "seconds": result.seconds}
+    # one entry per head of an ensemble; the seconds cover them all
+    report = {"best_epoch": [r.best_epoch for r in results],
+              "epochs_run": [len(r.history) for r in results],
+              "train_rows": int(len(rows)), "seconds": sum(r.seconds for r in results)}
     return Learner(cfg, backbone, head, mode, device, features, report)
 
 
