@@ -90,6 +90,21 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class PreprocessConfig:
+    """Literature preprocessing applied before the transforms (see `sslall.preprocess`)."""
+
+    stain_norm: str = "none"
+    clahe: bool = False
+    clahe_clip: float = 2.0
+    clahe_tiles: int = 8
+    mask: bool = False
+    mask_saturation: float = 0.2
+    mask_hue_low: float = 0.0
+    mask_hue_high: float = 360.0
+    mask_background: str = "white"
+
+
+@dataclass(frozen=True)
 class LabelStudioConfig:
     """Where the review queue goes for annotators; `url = ""` means not configured.
 
@@ -115,6 +130,7 @@ class Config:
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     route: RouteConfig = field(default_factory=RouteConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     labelstudio: LabelStudioConfig = field(default_factory=LabelStudioConfig)
 
 
@@ -125,6 +141,7 @@ SECTIONS: dict[str, type] = {
     "pseudo": PseudoConfig,
     "route": RouteConfig,
     "data": DataConfig,
+    "preprocess": PreprocessConfig,
     "labelstudio": LabelStudioConfig,
 }
 
@@ -139,6 +156,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     ),
     "route.diversity": ("kmeans", "none"),
     "labelstudio.images": ("local-files", "upload"),
+    "preprocess.stain_norm": ("none", "reinhard", "macenko"),
+    "preprocess.mask_background": ("white", "mean"),
 }
 
 # (low, high, inclusive-low, inclusive-high) for numbers; None = unbounded on that side.
@@ -168,6 +187,11 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "route.hard_threshold": (0, 1, True, True),
     "data.max_pixels": (1, None, True, True),
     "data.holdout_fraction": (0, 1, True, False),
+    "preprocess.clahe_clip": (0, 40, False, True),
+    "preprocess.clahe_tiles": (1, 64, True, True),
+    "preprocess.mask_saturation": (0, 1, True, False),
+    "preprocess.mask_hue_low": (0, 360, True, True),
+    "preprocess.mask_hue_high": (0, 360, True, True),
     "labelstudio.batch_size": (1, 1000, True, True),
     "labelstudio.timeout": (0, 600, False, True),
 }
@@ -214,6 +238,15 @@ KEY_DOCS: dict[str, str] = {
     "route.hard_threshold": "labeled cells below this confidence are up-weighted next round",
     "data.max_pixels": "images declaring more pixels are quarantined (decompression bombs)",
     "data.holdout_fraction": "default fraction of labeled imports carved into the holdout",
+    "preprocess.stain_norm": "stain normalisation before everything else: none, reinhard or macenko",
+    "preprocess.clahe": "contrast-limited adaptive histogram equalisation of the lightness",
+    "preprocess.clahe_clip": "CLAHE clip limit (higher = more contrast)",
+    "preprocess.clahe_tiles": "CLAHE tiles per image side",
+    "preprocess.mask": "HSV-threshold cell masking: keep stained cells, blank the background",
+    "preprocess.mask_saturation": "HSV saturation in [0, 1) a pixel needs to count as stained",
+    "preprocess.mask_hue_low": "lowest hue in degrees of a stained pixel (low > high wraps over 0)",
+    "preprocess.mask_hue_high": "highest hue in degrees of a stained pixel",
+    "preprocess.mask_background": "what the background becomes: white or mean (its mean colour)",
     "labelstudio.url": "Label Studio server, e.g. http://127.0.0.1:8080; empty = not configured",
     "labelstudio.project": "project title (created by the first push) or numeric id",
     "labelstudio.images": "local-files (server reads document_root) or upload (files are sent)",

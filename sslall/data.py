@@ -33,9 +33,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from sslall.images import RGB_CONVERSION, load_rgb
+from sslall.preprocess import make_preprocessor, preprocess_key
 
 if TYPE_CHECKING:
-    from sslall.config import AugmentConfig
+    from sslall.config import AugmentConfig, PreprocessConfig
 
 __all__ = [
     "HedJitter",
@@ -56,14 +57,20 @@ _HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
 _OD_EPS = 1e-6
 
 
-def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> Transform:
-    """PIL RGB image -> normalised float tensor [3, image_size, image_size], no randomness."""
+def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float],
+                   preprocess: PreprocessConfig | None = None) -> Transform:
+    """PIL RGB image -> normalised float tensor [3, image_size, image_size], no randomness.
+
+    `preprocess` (stain normalisation, CLAHE, cell masking; `sslall.preprocess`) runs first.
+    """
     _check_geometry(image_size, mean, std)
-    return _Pipeline([*_head(image_size), v2.CenterCrop(image_size), *_tail(mean, std)])
+    return _Pipeline([*_head(image_size, preprocess), v2.CenterCrop(image_size),
+                      *_tail(mean, std)])
 
 
 def train_transform(
-    image_size: int, mean: Sequence[float], std: Sequence[float], augment: AugmentConfig
+    image_size: int, mean: Sequence[float], std: Sequence[float], augment: AugmentConfig,
+    preprocess: PreprocessConfig | None = None,
 ) -> Transform:
     """`eval_transform` plus the augmentations `augment` enables (see the module docstring)."""
     _check_geometry(image_size, mean, std)
@@ -76,7 +83,7 @@ def train_transform(
     ):
         if not 0.0 <= value < upper:
             raise ValueError(f"augment.{name} must be in [0, {upper:g}), got {value}")
-    steps: list[Callable[..., Any]] = list(_head(image_size))
+    steps: list[Callable[..., Any]] = list(_head(image_size, preprocess))
     if rotation or zoom:
         steps.append(
             v2.RandomAffine(
@@ -99,13 +106,17 @@ def train_transform(
     return _Pipeline(steps)
 
 
-def transform_key(image_size: int, mean: Sequence[float], std: Sequence[float]) -> str:
-    """A stable string naming the eval transform (and the RGB conversion) for cache keys."""
+def transform_key(image_size: int, mean: Sequence[float], std: Sequence[float],
+                  preprocess: PreprocessConfig | None = None) -> str:
+    """A stable string naming the eval transform (and the RGB conversion and preprocessing)
+    for cache keys; without preprocessing it is the key it always was."""
     _check_geometry(image_size, mean, std)
     nums = ",".join
+    pre = preprocess_key(preprocess)
     return (
         f"{_EVAL_VERSION}/{RGB_CONVERSION}/shorter-side+centre-crop/size={int(image_size)}"
         f"/mean={nums(repr(float(m)) for m in mean)}/std={nums(repr(float(s)) for s in std)}"
+        + ("" if pre == "none" else f"/preprocess={pre}")
     )
 
 
@@ -208,9 +219,12 @@ class _Pipeline:
         return f"_Pipeline({self.compose!r})"
 
 
-def _head(image_size: int) -> list[Callable[..., Any]]:
-    # Resize while still uint8 (fields can be large), then work in float.
+def _head(image_size: int, preprocess: PreprocessConfig | None = None
+          ) -> list[Callable[..., Any]]:
+    # Preprocess the decoded image, resize while still uint8 (fields can be large), then float.
+    pre = make_preprocessor(preprocess)
     return [
+        *([pre] if pre is not None else []),
         v2.ToImage(),
         v2.Resize(image_size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True),
         v2.ToDtype(torch.float32, scale=True),

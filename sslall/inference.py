@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from sslall.checkpoints import load_checkpoint
+from sslall.config import PreprocessConfig
 from sslall.data import eval_transform
 from sslall.errors import InputError, NotFoundError
 from sslall.images import IMAGE_SUFFIXES, UnreadableImage, load_rgb
@@ -38,6 +39,12 @@ def latest_checkpoint(ws: Workspace) -> Path:
     return ws.round_dir(last)
 
 
+def checkpoint_preprocess(meta: dict) -> PreprocessConfig | None:
+    """The preprocessing a checkpoint was trained with (None for checkpoints from before it)."""
+    values = meta.get("preprocess")
+    return PreprocessConfig(**values) if isinstance(values, dict) else None
+
+
 class Predictor:
     """A checkpoint ready to classify images (calibrated with its stored temperature)."""
 
@@ -48,7 +55,8 @@ class Predictor:
         self.temperature = float(meta.get("temperature", 1.0))
         self.device = torch.device(device)
         self.model = build_classifier_from_checkpoint(state, meta).to(self.device).eval()
-        self.transform = eval_transform(int(meta["image_size"]), meta["mean"], meta["std"])
+        self.transform = eval_transform(int(meta["image_size"]), meta["mean"], meta["std"],
+                                        checkpoint_preprocess(meta))
         self.max_pixels = int(meta.get("max_pixels", 50_000_000))
 
     def predict(self, paths: Sequence[str | Path], batch_size: int = 32) -> list[Prediction]:

@@ -11,6 +11,7 @@ coreset, TypiClust and the report.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -98,7 +99,7 @@ class Learner:
                           image_size=cfg.model.image_size, mean=self.backbone.mean,
                           std=self.backbone.std, batch_size=cfg.train.batch_size,
                           device=self.device, num_workers=cfg.train.num_workers,
-                          max_pixels=cfg.data.max_pixels,
+                          max_pixels=cfg.data.max_pixels, preprocess=cfg.preprocess,
                           progress=_step(progress, "score"))
             logits, embeddings = out.logits, out.embeddings
         mc = None
@@ -119,6 +120,7 @@ class Learner:
                 cache=FeatureCache(cache_dir / "features"), batch_size=cfg.train.batch_size,
                 device=self.device, num_workers=cfg.train.num_workers,
                 max_pixels=cfg.data.max_pixels, progress=_step(progress, "test"),
+                preprocess=cfg.preprocess,
             )
             return _head_logits(self.head, feats, self.device, cfg.train.batch_size * 8)
         model = Classifier(self.backbone.module, self.head, self.backbone.scales)
@@ -126,7 +128,7 @@ class Learner:
                       image_size=cfg.model.image_size, mean=self.backbone.mean,
                       std=self.backbone.std, batch_size=cfg.train.batch_size, device=self.device,
                       num_workers=cfg.train.num_workers, max_pixels=cfg.data.max_pixels,
-                      progress=_step(progress, "test"))
+                      progress=_step(progress, "test"), preprocess=cfg.preprocess)
         return np.asarray(out.logits, dtype=np.float32)
 
     def calibrate(self, scores: Scores, snapshot: Snapshot) -> Calibration:
@@ -159,6 +161,7 @@ class Learner:
             "mode": self.mode, "head_hidden": list(cfg.train.head_hidden),
             "dropout": cfg.train.dropout, "weights_id": self.backbone.weights_id,
             "feature_scales": self.backbone.scales,
+            "preprocess": dataclasses.asdict(cfg.preprocess),
             "metrics": metrics,
         }
         return state, meta
@@ -186,7 +189,7 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
             backbone, [(r.id, r.path) for r in snapshot.rows], image_size=cfg.model.image_size,
             cache=cache, batch_size=cfg.train.batch_size, device=device,
             num_workers=cfg.train.num_workers, max_pixels=cfg.data.max_pixels,
-            progress=_step(progress, "features"),
+            progress=_step(progress, "features"), preprocess=cfg.preprocess,
         )
         fault_point("features-done")
         results, members = [], []
@@ -206,7 +209,8 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
             classifier, [paths[i] for i in rows], y, w, [paths[i] for i in holdout],
             y_all[holdout], image_size=cfg.model.image_size, mean=backbone.mean, std=backbone.std,
             augment=cfg.augment, lr=cfg.train.finetune_lr, num_workers=cfg.train.num_workers,
-            max_pixels=cfg.data.max_pixels, progress=_step(progress, "train"), **common,
+            max_pixels=cfg.data.max_pixels, progress=_step(progress, "train"),
+            preprocess=cfg.preprocess, **common,
         )
         results = [result]
     head.eval()

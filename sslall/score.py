@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sslall.config import PreprocessConfig
 from sslall.data import ImageDataset, eval_transform, make_loader, transform_key
 from sslall.errors import ModelError
 from sslall.fsutil import fsync_dir, write_atomic
@@ -209,6 +210,7 @@ def extract_features(
     batch_size: int = 64, device: torch.device | str = "cpu", num_workers: int = 0,
     max_pixels: int = 50_000_000, progress: Progress | None = None,
     work_dir: str | Path | None = None, backbone_name: str | None = None, flush_rows: int = FLUSH_ROWS,
+    preprocess: PreprocessConfig | None = None,
 ) -> np.ndarray:
     """Features [N, D] float32 of `samples` ((sha256 id, path) pairs), computing only the uncached.
 
@@ -217,6 +219,7 @@ def extract_features(
     read back from the cache (into a memory-mapped `features.npy` in `work_dir` when large).
     `progress(done, total)` counts samples, cached ones included. `backbone_name` overrides the
     architecture name used in the cache key (default: timm's architecture or the class name).
+    `preprocess` runs before the transform and is part of the cache key.
 
     Raises:
         UnreadableImage: an image can no longer be decoded.
@@ -224,7 +227,7 @@ def extract_features(
     """
     ids = [str(sample_id) for sample_id, _ in samples]
     store = cache.open(backbone_name or _architecture(backbone), backbone.weights_id,
-                       transform_key(image_size, backbone.mean, backbone.std))
+                       transform_key(image_size, backbone.mean, backbone.std, preprocess))
     todo: dict[str, str] = {}
     for sample_id, path in samples:
         if str(sample_id) not in store and str(sample_id) not in todo:
@@ -234,7 +237,7 @@ def extract_features(
     if progress is not None:
         progress(done, total)
     if todo:
-        transform = eval_transform(image_size, backbone.mean, backbone.std)
+        transform = eval_transform(image_size, backbone.mean, backbone.std, preprocess)
         dataset = ImageDataset(list(todo.values()), transform, max_pixels=max_pixels)
         todo_ids = list(todo)
         pending_ids: list[str] = []
@@ -269,6 +272,7 @@ def predict(
     std: Sequence[float], batch_size: int = 64, device: torch.device | str = "cpu",
     num_workers: int = 0, max_pixels: int = 50_000_000, progress: Progress | None = None,
     work_dir: str | Path | None = None, mc_samples: int = 0, seed: int = 0,
+    preprocess: PreprocessConfig | None = None,
 ) -> Scores:
     """Logits and embeddings (the backbone's pooled features) of every sample, streamed.
 
@@ -277,7 +281,8 @@ def predict(
     Arrays larger than 256 MiB go to memory-mapped `.npy` files in `work_dir` when one is given.
     """
     ids = [str(sample_id) for sample_id, _ in samples]
-    dataset = ImageDataset([str(p) for _, p in samples], eval_transform(image_size, mean, std),
+    dataset = ImageDataset([str(p) for _, p in samples],
+                           eval_transform(image_size, mean, std, preprocess),
                            max_pixels=max_pixels)
     width, n_classes = _head_sizes(model.head)
     logits = np.zeros((len(ids), n_classes), dtype=np.float32)

@@ -34,7 +34,7 @@ from sslall.errors import ConfigError, ModelError
 from sslall.models import Classifier, MLPHead
 
 if TYPE_CHECKING:
-    from sslall.config import AugmentConfig
+    from sslall.config import AugmentConfig, PreprocessConfig
 
 __all__ = ["CLASS_BALANCE", "TrainResult", "TrainSet", "finetune", "one_cpu_thread", "resolve_device",
            "resolve_mode", "train_head"]
@@ -191,6 +191,7 @@ def finetune(
     epochs: int = 30, batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 1e-4,
     class_balance: str = "sampler", patience: int = 5, seed: int = 0, device: torch.device | str = "cpu",
     num_workers: int = 0, max_pixels: int = 50_000_000, progress: Progress | None = None,
+    preprocess: PreprocessConfig | None = None,
 ) -> TrainResult:
     """Train `classifier` end to end on images with augmentation; it is left holding the kept
     weights, in eval mode, on `device`.
@@ -215,7 +216,8 @@ def finetune(
         classifier.to(device)
         if cuda:
             classifier.to(memory_format=torch.channels_last)
-        dataset = ImageDataset(paths, train_transform(image_size, mean, std, augment), max_pixels=max_pixels)
+        dataset = ImageDataset(paths, train_transform(image_size, mean, std, augment, preprocess),
+                               max_pixels=max_pixels)
         sampler = None
         if class_balance == "sampler":
             sampler = WeightedRandomSampler(_sampler_weights(y, num_classes).tolist(), len(y),
@@ -225,7 +227,8 @@ def finetune(
                              drop_last=len(y) > batch_size and len(y) % batch_size == 1)  # no BN on 1 row
         val_loader = None
         if has_val:
-            val_set = ImageDataset([str(p) for p in val_paths], eval_transform(image_size, mean, std),
+            val_set = ImageDataset([str(p) for p in val_paths],
+                                   eval_transform(image_size, mean, std, preprocess),
                                    max_pixels=max_pixels)
             val_loader = make_loader(val_set, batch_size=batch_size, num_workers=num_workers)
         yt = torch.as_tensor(y)
