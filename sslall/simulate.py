@@ -119,9 +119,20 @@ def _baseline(config: Config, ws: Workspace, rows: list, test: list, y_test: np.
             "labels": n_labels}
 
 
-def run_simulation(spec: SimulationSpec, *, progress: Progress | None = None,
-                   on_round: Callable[[dict], None] | None = None) -> dict:
-    """Run the simulation and return the JSON-ready report (see the README)."""
+@dataclass
+class Prepared:
+    """A simulation's workspace with its starting pools, the hidden truth and the test set."""
+
+    ws: Workspace
+    config: Config
+    truth: dict[str, str]  # sample id -> class, for every DATA_DIR image in the store
+    test: list[tuple[str, str]]  # (sample id, path) of TEST_DIR images
+    y_test: np.ndarray
+    initial: dict[str, int]  # pool sizes before the first round
+
+
+def prepare_simulation(spec: SimulationSpec, *, progress: Progress | None = None) -> Prepared:
+    """Create the workspace, import the starting split, and list the test set."""
     classes = class_folders(spec.data_dir)
     if class_folders(spec.test_dir) != classes:
         raise InputError(f"{spec.test_dir} must have the same class folders as {spec.data_dir} "
@@ -146,6 +157,15 @@ def run_simulation(spec: SimulationSpec, *, progress: Progress | None = None,
                 truth[found[0]] = label
         initial = store.pool_sizes()
     test, y_test = _test_samples(spec.test_dir, classes)
+    return Prepared(ws, config, truth, test, y_test, initial)
+
+
+def run_simulation(spec: SimulationSpec, *, progress: Progress | None = None,
+                   on_round: Callable[[dict], None] | None = None) -> dict:
+    """Run the simulation and return the JSON-ready report (see the README)."""
+    prep = prepare_simulation(spec, progress=progress)
+    ws, config, truth, test, y_test = prep.ws, prep.config, prep.truth, prep.test, prep.y_test
+    classes = config.classes
     overlap = len({sid for sid, _ in test} & set(truth))
     report: dict = {
         "config": {
@@ -156,7 +176,7 @@ def run_simulation(spec: SimulationSpec, *, progress: Progress | None = None,
             "threshold": config.pseudo.threshold, "policy": config.pseudo.policy,
             "strategy": config.route.strategy, "backbone": config.model.backbone,
             "mode": config.model.mode, "image_size": config.model.image_size,
-            "initial_pools": initial, "test_images": len(test),
+            "initial_pools": prep.initial, "test_images": len(test),
             "test_images_also_in_data": overlap, "workspace": str(ws.root),
             "settings": {name: dataclasses.asdict(getattr(config, name))
                          for name in ("model", "train", "augment", "pseudo", "route")},
@@ -176,6 +196,7 @@ def run_simulation(spec: SimulationSpec, *, progress: Progress | None = None,
         with PoolStore(ws.db_path) as store:
             precision, per_class = _pseudo_precision(store, truth, classes)
             sizes = store.pool_sizes()
+            trained_on = {s.id for s in store.samples("labeled")}
             bought = _answer_review(store, truth)
         row = {"round": result.round, "labeled": sizes["labeled"], "pseudo": sizes["pseudo"],
                "review": sizes["review"], "holdout": sizes["holdout"],
@@ -188,22 +209,28 @@ def run_simulation(spec: SimulationSpec, *, progress: Progress | None = None,
             on_round(row)
     report["labels_bought"] = sum(r["oracle_labels"] for r in report["rounds"])
     if spec.baselines:
-        report["baselines"] = _baselines(config, ws, truth, test, y_test, spec.seed, progress)
+        report["baselines"] = _baselines(config, ws, truth, trained_on, test, y_test, spec.seed,
+                                         progress)
     return report
 
 
-def _baselines(config: Config, ws: Workspace, truth: dict[str, str], test: list,
-               y_test: np.ndarray, seed: int, progress: Progress | None) -> dict:
+def _baselines(config: Config, ws: Workspace, truth: dict[str, str], final_labeled: set[str],
+               test: list, y_test: np.ndarray, seed: int, progress: Progress | None) -> dict:
+    """Supervised only: the starting labels; the human labels the last round trained on (the
+    starting ones and every label bought before it, no pseudo labels); every DATA_DIR label."""
     with PoolStore(ws.db_path) as store:
         rows = list(store.samples(("labeled", "holdout", "unlabeled", "pseudo", "review")))
         initial_labeled = {e[3] for e in store.events() if e[4] is None and e[5] == "labeled"}
     same = [r for r in rows if r.pool == "holdout" or r.id in initial_labeled]
     same = [dataclasses.replace(r, pool="labeled", label=truth[r.id], label_source="import",
                                 weight=1.0) if r.pool != "holdout" else r for r in same]
+    final = [dataclasses.replace(r, weight=1.0) for r in rows
+             if r.pool == "holdout" or r.id in final_labeled]
     everything = [r if r.pool == "holdout" else
                   dataclasses.replace(r, pool="labeled", label=truth[r.id], label_source="oracle",
                                       weight=1.0) for r in rows]
     return {
         "supervised_same_labels": _baseline(config, ws, same, test, y_test, seed, progress),
+        "supervised_final_labels": _baseline(config, ws, final, test, y_test, seed, progress),
         "supervised_all_labels": _baseline(config, ws, everything, test, y_test, seed, progress),
     }

@@ -36,6 +36,8 @@ def test_simulate_reports_every_round_and_never_touches_the_test_set(tmp_path: P
                             "pseudo_precision_per_class", "seconds"}
     assert report["baselines"]["supervised_all_labels"]["labels"] == 60
     assert report["baselines"]["supervised_same_labels"]["labels"] == 15
+    # what the last round trained on: 9 starting + 3 bought after round 1, and the 6 holdout
+    assert report["baselines"]["supervised_final_labels"]["labels"] == 9 + 3 + 6
     db = sqlite3.connect(tmp_path / "work" / "workspace" / "pools" / "pools.db")
     paths = [p for (p,) in db.execute("SELECT path FROM samples")]
     assert len(paths) == 60 and not any("/test/" in p for p in paths)
