@@ -289,10 +289,11 @@ def main() -> None:
 
 
 def _register_round_commands() -> None:
-    from sslall import cli_label, cli_round
+    from sslall import cli_insight, cli_label, cli_round
 
     cli_round.register(app)
     cli_label.register(app)
+    cli_insight.register(app)
 
 
 _register_round_commands()
