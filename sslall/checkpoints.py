@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from sslall.errors import ModelError, NotFoundError
-from sslall.fsutil import fsync_dir, temp_path, write_atomic
+from sslall.fsutil import write_atomic
 
 __all__ = [
     "LITE0",
@@ -150,19 +150,11 @@ def write_safetensors(
 ) -> str:
     """Write tensors atomically (temp file, fsync, rename); return the file's sha256."""
     path = Path(path)
-    plain = _plain_tensors(tensors)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        save_file(plain, str(tmp), metadata=metadata)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        digest = file_sha256(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
-    return digest
+    # Serialised in memory and written by us, so a full disk raises OSError (with its errno and
+    # file name) rather than safetensors' own error; then the same atomic write as every file.
+    data = save(_plain_tensors(tensors), metadata=metadata)
+    write_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def save_checkpoint(directory: Path, state: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
@@ -283,6 +275,8 @@ def _checkpoint_paths(path: Path) -> tuple[Path, Path]:
         return path.with_suffix(".safetensors"), path.with_suffix(".json")
     if not path.exists():
         raise NotFoundError(f"checkpoint not found: {path}")
+    if path.is_file():
+        read_safetensors(path)  # a pickle (model.pt, .pkl...) is refused here, saying why
     raise ModelError(f"{path} is not a checkpoint; give its folder, {WEIGHTS_NAME} or {META_NAME}")
 
 

@@ -131,6 +131,14 @@ def progress_bar(description: str, total: int | None = None) -> Iterator[Callabl
         yield update
 
 
+class _LogFile(logging.FileHandler):
+    """The workspace log; a full or read-only disk drops a line instead of printing a traceback
+    (the command's own error, if any, is still one line on stderr)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        return
+
+
 def setup_logging(workspace_log: Path | None) -> None:
     """Log everything to the workspace's log file (what unattended runs leave behind)."""
     root = logging.getLogger("sslall")
@@ -145,7 +153,7 @@ def setup_logging(workspace_log: Path | None) -> None:
         h.close()
     try:
         workspace_log.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(workspace_log, encoding="utf-8")
+        handler = _LogFile(workspace_log, encoding="utf-8")
     except OSError:  # a read-only workspace still answers read commands
         return
     handler.setFormatter(logging.Formatter(

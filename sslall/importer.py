@@ -2,10 +2,11 @@
 
 A source is a folder (class sub-folders for labeled/holdout, any tree for unlabeled) or a CSV
 manifest (`path`, optional `label`, `patient`; paths relative to the manifest and never outside
-its folder). The source is validated first (cheap: names only; a folder is walked once to
-count it and again to import, so memory does not grow with its size), then every file is
-hashed and fully decoded in worker processes, a bounded window at a time, and committed in
-batches: a killed import leaves complete batches, and re-running it picks up where it stopped.
+its folder; each file on one row only). The source is validated first (cheap: names only; a
+folder is walked once to count it and again to import, so memory does not grow with its size),
+then every file is hashed and fully decoded in worker processes, a bounded window at a time,
+and committed in batches: a killed import leaves complete batches, and re-running it picks up
+where it stopped.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def _read_manifest(path: Path, classes: Sequence[str]) -> Iterator[Entry]:
             raise InputError(
                 f"manifest {path.name} has unknown column(s) {extra} (allowed: path, label, patient)"
             )
-        seen: set[str] = set()
+        seen: dict[str, int] = {}
         try:
             for line, row in enumerate(reader, start=2):
                 raw = (row.get("path") or "").strip()
@@ -154,8 +155,11 @@ def _read_manifest(path: Path, classes: Sequence[str]) -> Iterator[Entry]:
                     )
                 full_str = os.path.abspath(full)
                 if full_str in seen:
-                    continue
-                seen.add(full_str)
+                    raise InputError(
+                        f"manifest {path.name} line {line}: path {raw!r} is already on line "
+                        f"{seen[full_str]}; list each file once"
+                    )
+                seen[full_str] = line
                 yield Entry(full_str, label, (row.get("patient") or "").strip() or None)
         except csv.Error as exc:
             raise InputError(f"manifest {path.name} is not valid CSV: {exc}") from None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from sslall.errors import IntegrityError, UsageError
+from sslall.errors import IntegrityError, SslallError, UsageError
 
 SCHEMA_VERSION = 1
 POOLS = ("labeled", "unlabeled", "pseudo", "review", "holdout", "quarantine")
@@ -163,8 +163,11 @@ class PoolStore:
         if not create and not Path(path).is_file():
             raise UsageError(f"no pool store at {path}; is this a workspace made by `sslall init`?")
         self.path = Path(path)
-        self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:  # e.g. a full disk cannot hold the WAL index
+            raise SslallError(f"cannot open the pool store {path}: {exc}") from None
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         if create:

@@ -11,6 +11,10 @@ With `[labelstudio] url` set, the round first pulls the annotators' answers (the
 on their own, before training, so the round trains on them) and, after its commit, pushes the
 review queue. Server trouble never fails a round: it becomes one line in `warnings`, the review
 queue stays as it is, and the next pull or push catches up.
+
+Under torchrun (`dist`, see `sslall.distributed`) rank 0 runs this same round and alone takes
+the lock, reads and writes the store, the cache and the run folder; once its snapshot is ready
+it sends it to the other ranks, which train (DDP) and score their shards with it, then return.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sslall.config import Config
+from sslall.distributed import Dist, RankZeroFailed, broadcast
 from sslall.errors import SslallError, UsageError
 from sslall.faults import fault_point
 from sslall.images import sha256_file
@@ -122,12 +127,31 @@ def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
         seconds[step] = round(time.perf_counter() - start, 3)
 
 
+@contextmanager
+def _not_recorded_on_failure(round_no: int) -> Iterator[None]:
+    """A full or read-only disk, or a store that refuses a write, fails the round in one line.
+
+    The store commit is the round's last write, so nothing of the round is recorded; a folder
+    it was writing is removed by `write_run_dir`, and the next round starts afresh.
+    """
+    try:
+        yield
+    except (OSError, sqlite3.OperationalError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        if getattr(exc, "filename", None):
+            reason += f": {exc.filename}"
+        raise SslallError(f"round {round_no} failed and was not recorded ({reason}); "
+                          "the pools are unchanged") from exc
+
+
 def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None,
-              on_calibrated: Callable[[Learner, Calibration], None] | None = None) -> RoundResult:
+              on_calibrated: Callable[[Learner, Calibration], None] | None = None,
+              dist: Dist | None = None) -> RoundResult | None:
     """Make one full round on a workspace; see the module docstring.
 
     `on_calibrated(learner, calibration)` lets a caller use the round's model before the round
     commits (the simulator scores its test set there); it must not touch the store.
+    Ranks other than 0 of a torchrun group return None.
     """
     from sslall.labelstudio import pull_if_configured, push_if_configured
     from sslall.learner import fit_learner
@@ -135,62 +159,62 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
     from sslall.route import decide_pseudo_labels, decide_routing
     from sslall.runfiles import write_run_dir
 
+    if dist is not None and not dist.is_main:
+        return _follow_round(ws, config, dist)
     seconds: dict[str, float] = {}
-    with round_lock(ws), PoolStore(ws.db_path) as store:
+    with _leading(dist) as send_snapshot, round_lock(ws), PoolStore(ws.db_path) as store:
         round_no = store.last_round() + 1
         started = utc_now()
         pulled = None
-        if config.labelstudio.url:
-            with _timed(seconds, "pull"):
-                pulled = pull_if_configured(ws, config, store)
-        with _timed(seconds, "verify"):
-            snapshot = verify_files(take_snapshot(store, config.classes), progress)
-        _require_training_data(snapshot)
-        with _timed(seconds, "train"):
-            learner = fit_learner(config, snapshot, cache_dir=ws.cache_dir,
-                                  seed=config.train.seed + round_no, progress=progress)
-        with _timed(seconds, "score"):
-            scores = learner.score(snapshot.rows, progress=progress,
-                                   mc_samples=10 if config.route.strategy == "bald" else 0)
-        with _timed(seconds, "calibrate"):
-            calibration = learner.calibrate(scores, snapshot)
-            probs = calibration.probs
-        if on_calibrated is not None:
-            on_calibrated(learner, calibration)
-        with _timed(seconds, "select"):
-            pseudo = decide_pseudo_labels(config, snapshot, probs, scores.embeddings)
-        with _timed(seconds, "route"):
-            routing = decide_routing(config, snapshot, probs, scores, pseudo,
-                                     rng=np.random.default_rng(config.train.seed + round_no))
-        to_review = {m.sample_id for m in routing.moves}
-        moves = (snapshot.quarantine + [m for m in pseudo.moves if m.sample_id not in to_review]
-                 + routing.moves)
-        holdout = snapshot.mask("holdout")
-        metrics = None
-        if holdout.any():
-            y = snapshot.label_index()[holdout]
-            metrics = classification_metrics(y, probs[holdout].argmax(1), probs[holdout],
-                                              list(config.classes))
-        pools_after = _pools_after(store.pool_sizes(), moves)
-        previous = store.rounds()[-1].get("metrics") if store.last_round() else None
-        result = RoundResult(round_no, ws.round_dir(round_no), _count_moves(moves), metrics,
-                             previous, pools_after, seconds)
-        with _timed(seconds, "record"):
-            extra = {"calibration": calibration.report, "thresholds": pseudo.thresholds,
-                     "pseudo_per_class": pseudo.per_class, "mode": learner.mode,
-                     "device": str(learner.device), "train": learner.train_report}
-            try:
+        with _not_recorded_on_failure(round_no):
+            if config.labelstudio.url:
+                with _timed(seconds, "pull"):
+                    pulled = pull_if_configured(ws, config, store)
+            with _timed(seconds, "verify"):
+                snapshot = verify_files(take_snapshot(store, config.classes), progress)
+            _require_training_data(snapshot)
+            send_snapshot(snapshot, round_no)
+            with _timed(seconds, "train"):
+                learner = fit_learner(config, snapshot, cache_dir=ws.cache_dir, dist=dist,
+                                      seed=config.train.seed + round_no, progress=progress)
+            with _timed(seconds, "score"):
+                scores = learner.score(snapshot.rows, progress=progress,
+                                       mc_samples=10 if config.route.strategy == "bald" else 0)
+            with _timed(seconds, "calibrate"):
+                calibration = learner.calibrate(scores, snapshot)
+                probs = calibration.probs
+            if on_calibrated is not None:
+                on_calibrated(learner, calibration)
+            with _timed(seconds, "select"):
+                pseudo = decide_pseudo_labels(config, snapshot, probs, scores.embeddings)
+            with _timed(seconds, "route"):
+                routing = decide_routing(config, snapshot, probs, scores, pseudo,
+                                         rng=np.random.default_rng(config.train.seed + round_no))
+            to_review = {m.sample_id for m in routing.moves}
+            moves = (snapshot.quarantine + [m for m in pseudo.moves if m.sample_id not in to_review]
+                     + routing.moves)
+            holdout = snapshot.mask("holdout")
+            metrics = None
+            if holdout.any():
+                y = snapshot.label_index()[holdout]
+                metrics = classification_metrics(y, probs[holdout].argmax(1), probs[holdout],
+                                                  list(config.classes))
+            pools_after = _pools_after(store.pool_sizes(), moves)
+            previous = store.rounds()[-1].get("metrics") if store.last_round() else None
+            result = RoundResult(round_no, ws.round_dir(round_no), _count_moves(moves), metrics,
+                                 previous, pools_after, seconds)
+            with _timed(seconds, "record"):
+                extra = {"calibration": calibration.report, "thresholds": pseudo.thresholds,
+                         "pseudo_per_class": pseudo.per_class, "mode": learner.mode,
+                         "device": str(learner.device), "train": learner.train_report}
                 write_run_dir(ws, round_no, learner, calibration.temperature, result, extra,
-                              snapshot, probs, moves, routing.weights)
+                              snapshot, probs, moves, routing.weights,
+                              embeddings=scores.embeddings)
                 fault_point("run-dir-renamed")
                 store.apply_moves(moves, round_no=round_no, weights=routing.weights,
                                   record=RoundRecord(round_no, started, {
                                       **result.summary(), **{k: extra[k] for k in
                                                              ("mode", "device", "thresholds")}}))
-            except (OSError, sqlite3.OperationalError) as exc:
-                raise SslallError(
-                    f"round {round_no} could not be recorded ({exc}); the pools are unchanged"
-                ) from None
         if pulled is not None:
             with _timed(seconds, "push"):
                 pushed = push_if_configured(ws, config, store)
@@ -199,6 +223,37 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
             for line in result.warnings:
                 log.warning("%s", line)
     return result
+
+
+@contextmanager
+def _leading(dist: Dist | None) -> Iterator[Callable[[Snapshot, int], None]]:
+    """Rank 0's side: send the snapshot, or the error that came first, to the other ranks."""
+    sent = False
+
+    def send(snapshot: Snapshot, round_no: int) -> None:
+        nonlocal sent
+        broadcast(dist, (snapshot, round_no))
+        sent = True
+
+    try:
+        yield send
+    except SslallError as exc:
+        if dist is not None and not sent:  # the others wait for a snapshot: end their wait
+            broadcast(dist, RankZeroFailed(str(exc), exc.exit_code))
+        raise
+
+
+def _follow_round(ws: Workspace, config: Config, dist: Dist) -> None:
+    """A rank other than 0: take rank 0's snapshot, train and score with it, then return."""
+    from sslall.learner import fit_learner
+
+    message = broadcast(dist)
+    if isinstance(message, RankZeroFailed):
+        raise message
+    snapshot, round_no = message
+    learner = fit_learner(config, snapshot, cache_dir=ws.cache_dir, seed=config.train.seed + round_no,
+                          dist=dist)
+    learner.score(snapshot.rows)
 
 
 def _require_training_data(snapshot: Snapshot) -> None:

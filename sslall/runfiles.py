@@ -28,23 +28,31 @@ PREDICTION_COLUMNS = ("sample_id", "path", "pool", "label", "prediction", "confi
 
 def write_run_dir(ws: Workspace, round_no: int, learner: Learner, temperature: float,
                   result: RoundResult, extra: dict, snapshot: Snapshot, probs: np.ndarray,
-                  moves: list[Move], weights: dict[str, float]) -> None:
-    """Write checkpoint, metrics.json and predictions.csv, then rename the folder into place."""
+                  moves: list[Move], weights: dict[str, float],
+                  embeddings: np.ndarray | None = None) -> None:
+    """Write checkpoint, metrics.json, predictions.csv and the report's data (reliability,
+    embedding sample; `sslall.report_data`), then rename the folder into place."""
     from sslall.checkpoints import save_checkpoint
+    from sslall.report_data import write_report_data
 
     final = ws.round_dir(round_no)
     tmp = ws.runs_dir / f".partial-round-{round_no:04d}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    state, meta = learner.checkpoint(temperature=temperature, round_no=round_no,
-                                     metrics=result.metrics)
-    save_checkpoint(tmp, state, meta)
-    fault_point("checkpoint-written")
-    metrics = {**result.summary(), **extra}
-    write_atomic(tmp / "metrics.json", json.dumps(metrics, indent=2, default=float))
-    _write_predictions(tmp / "predictions.csv", snapshot, probs, moves, weights)
-    fsync_dir(tmp)
+    try:
+        state, meta = learner.checkpoint(temperature=temperature, round_no=round_no,
+                                         metrics=result.metrics)
+        save_checkpoint(tmp, state, meta)
+        fault_point("checkpoint-written")
+        metrics = {**result.summary(), **extra}
+        write_atomic(tmp / "metrics.json", json.dumps(metrics, indent=2, default=float))
+        _write_predictions(tmp / "predictions.csv", snapshot, probs, moves, weights)
+        write_report_data(tmp, snapshot, probs, temperature, embeddings, seed=round_no)
+        fsync_dir(tmp)
+    except BaseException:  # a full disk, say: leave no half-written folder taking space
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():  # left by a round that never committed: the store is the truth
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -15,6 +15,7 @@ lock left by a killed process never blocks the next round.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -26,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sslall.config import CONFIG_NAME, Config, load_config
-from sslall.errors import LockBusy, WorkspaceNotFound
+from sslall.errors import LockBusy, SslallError, WorkspaceNotFound
 
 ENV_WORKSPACE = "SSLALL_WORKSPACE"
 
@@ -109,8 +110,11 @@ def _now() -> str:
 @contextmanager
 def round_lock(workspace: Workspace, command: str = "sslall round") -> Iterator[None]:
     """Hold the workspace's round lock, or raise `LockBusy` at once naming the holder."""
-    workspace.lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(workspace.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(workspace.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise SslallError(f"cannot open the round lock {workspace.lock_path}: {exc.strerror} "
+                          "(is the workspace read-only?)") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -118,12 +122,15 @@ def round_lock(workspace: Workspace, command: str = "sslall round") -> Iterator[
             holder = read_lock_holder(workspace)
             raise LockBusy(holder.get("pid"), holder.get("started"), holder.get("command")) from None
         info = {"pid": os.getpid(), "started": _now(), "command": command, "argv": sys.argv[1:2]}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        # The note only tells `status` who holds the lock; a full disk must not lose the lock.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

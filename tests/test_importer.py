@@ -148,7 +148,10 @@ def test_manifest_checks(store: PoolStore, tmp_path: Path) -> None:
     m.write_text("path\nL1/L1_0.png\n")
     with pytest.raises(InputError, match="needs a label"):
         import_source(store, m, "labeled", CLASSES, max_pixels=MAX_PIXELS)
-    m.write_text("path,label\nL1/L1_0.png,L1\nL1/L1_0.png,L1\nL2/L2_1.png,L2\n")
+    m.write_text("path,label\nL1/L1_0.png,L1\n./L1/L1_0.png,L1\n")
+    with pytest.raises(InputError, match="line 3: path './L1/L1_0.png' is already on line 2"):
+        import_source(store, m, "labeled", CLASSES, max_pixels=MAX_PIXELS)
+    m.write_text("path,label\nL1/L1_0.png,L1\nL2/L2_1.png,L2\n")
     report = import_source(store, m, "labeled", CLASSES, max_pixels=MAX_PIXELS, workers=1)
     assert report.added == {"labeled": 2}
     assert sum(store.pool_sizes().values()) == 2
