@@ -142,7 +142,34 @@ def compare_cmd(
     say(f"saved {out / 'compare.json'} and {out / 'compare.md'}")
 
 
+def report_cmd(
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
+    tsne_max: Annotated[int, typer.Option(help="Draw the t-SNE map when the recorded embedding "
+                        "sample has at most this many points (0 = never).")] = 20_000,
+    per_class: Annotated[int, typer.Option(help="Thumbnails of the most and of the least "
+                         "confident cells per class.")] = 6,
+    workspace: WorkspaceOption = None,
+) -> None:
+    """One self-contained HTML report (images inline, no network): metrics and pools per round,
+    confusion matrix, reliability before/after calibration, confidence per pool, PCA and t-SNE
+    maps of the embeddings, class distribution, most/least confident cells, duplicates.
+
+    \b
+    Example:
+      sslall report --out ward7.html
+    """
+    from sslall.report import write_report
+
+    if tsne_max < 0 or per_class < 1:
+        raise InputError("--tsne-max must be 0 or more and --per-class 1 or more")
+    ws, config = open_workspace(workspace)
+    write_report(ws, config, out, tsne_max=tsne_max, per_class=per_class,
+                 progress=lambda step: say(f"report: {step}"))
+    say(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
     app.command("explain")(cli_errors(explain_cmd))
     app.command("compare")(cli_errors(compare_cmd))
+    app.command("report")(cli_errors(report_cmd))

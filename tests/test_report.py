@@ -1,0 +1,120 @@
+"""`sslall report`: a self-contained HTML page after real rounds; every image loads in Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import invoke
+from PIL import Image
+from test_rounds import build_workspace
+
+from sslall.report_data import read_embeddings, read_reliability, reliability_bins
+
+
+def test_reliability_bins_count_confidence_and_accuracy() -> None:
+    probs = np.array([[0.95, 0.05], [0.9, 0.1], [0.55, 0.45], [0.3, 0.7]])
+    bins = reliability_bins(probs, np.array([0, 1, 0, 1]), bins=5)
+    assert [b["count"] for b in bins] == [0, 0, 1, 1, 2]
+    assert bins[2]["accuracy"] == 1.0 and bins[2]["confidence"] == pytest.approx(0.55)
+    assert bins[4]["accuracy"] == 0.5 and bins[4]["confidence"] == pytest.approx(0.925)
+    assert bins[0]["accuracy"] is None
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory) -> tuple[Path, Path]:
+    """A workspace after a round, with a duplicate import, and its report."""
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    root = tmp_path_factory.mktemp("report")
+    ws = build_workspace(root, runner)
+    dup = root / "dup"
+    dup.mkdir()
+    first = next((root / "cells" / "L1").iterdir())
+    shutil.copy(first, dup / "again.png")
+    assert invoke(runner, "add", "unlabeled", dup, "-w", ws).exit_code == 0
+    result = invoke(runner, "round", "-w", ws)
+    assert result.exit_code == 0, result.output
+    out = root / "report.html"
+    result = invoke(runner, "report", "-w", ws, "--out", out, "--per-class", "3")
+    assert result.exit_code == 0, result.output
+    return ws, out
+
+
+def test_the_round_records_what_the_report_needs(reported) -> None:
+    ws, _ = reported
+    run = ws / "runs" / "round-0001"
+    rel = read_reliability(run)
+    assert rel["holdout"] == 15 and sum(b["count"] for b in rel["before"]) == 15
+    assert sum(b["count"] for b in rel["after"]) == 15
+    rows, pca, variance = read_embeddings(run)
+    with open(run / "predictions.csv") as handle:
+        scored = sum(1 for line in handle) - 1
+    assert list(rows) == list(range(scored)) and pca.shape == (scored, 32)
+    assert 0 < variance.sum() <= 1.0001 and variance[0] >= variance[-1]
+
+
+def test_report_is_self_contained_and_has_every_section(reported) -> None:
+    _, out = reported
+    page = out.read_text()
+    for heading in ("Metrics per round", "Pool sizes per round", "Confusion matrix, round 1",
+                    "Reliability diagram, before and after calibration",
+                    "Calibrated confidence per pool", "Embeddings (2-D maps)",
+                    "Class distribution", "Most and least confident cells per predicted class",
+                    "Duplicates found at import (1)"):
+        assert f"<h2>{heading}" in page, heading
+    assert "again.png" in page and "t-SNE skipped" not in page
+    sources = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(sources) >= 10
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        assert image.format == "PNG" and image.width > 50
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing from the network
+    assert "<script" not in page
+
+
+def test_report_before_any_round_and_bad_flags(tmp_path: Path, runner) -> None:
+    ws = tmp_path / "ws"
+    assert invoke(runner, "init", ws, "--classes", "a,b").exit_code == 0
+    out = tmp_path / "r.html"
+    assert invoke(runner, "report", "-w", ws, "--out", out).exit_code == 0
+    assert "no round has finished yet" in out.read_text()
+    bad = invoke(runner, "report", "-w", ws, "--out", out, "--per-class", "0")
+    assert bad.exit_code == 2 and "--per-class" in bad.output
+
+
+def test_every_image_loads_in_chromium(reported, tmp_path: Path) -> None:
+    if os.environ.get("SSLALL_SKIP_BROWSER"):
+        pytest.skip("SSLALL_SKIP_BROWSER is set")
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.fail("chromium + chromium-driver are not installed: `make browser` (as root) "
+                    "installs them, or set SSLALL_SKIP_BROWSER=1")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    _, out = reported
+    options = Options()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,900", "--proxy-server=127.0.0.1:9"):  # no network
+        options.add_argument(arg)
+    browser = webdriver.Chrome(options=options, service=Service(driver))
+    try:
+        browser.get(out.as_uri())
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+    finally:
+        browser.quit()
+    assert len(images) >= 10
+    assert all(done and width > 0 for _, done, width in images), json.dumps(images)
