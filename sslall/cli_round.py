@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +34,8 @@ Budget = Annotated[int | None, typer.Option(help="Cells sent to review (route.bu
 Route = Annotated[str | None, typer.Option(help="retrain, labelstudio or both (route.route).")]
 Mode = Annotated[str | None, typer.Option(help="auto, head or finetune (model.mode).")]
 Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps (model.device).")]
+NProc = Annotated[int, typer.Option(help="Processes (GPUs) to run on: launches torchrun with the "
+                   "same arguments (`torchrun --nproc_per_node N -m sslall ...`).")]
 
 FLAGS = {"pseudo.threshold": "--threshold", "pseudo.policy": "--policy",
          "route.strategy": "--strategy", "route.budget": "--budget", "route.route": "--route",
@@ -97,21 +101,27 @@ def _fmt(x: float | None) -> str:
 def round_cmd(
     threshold: Threshold = None, policy: Policy = None, strategy: Strategy = None,
     budget: Budget = None, route: Route = None, mode: Mode = None, device: Device = None,
-    workspace: WorkspaceOption = None, json_out: JsonFlag = False,
+    nproc: NProc = 1, workspace: WorkspaceOption = None, json_out: JsonFlag = False,
 ) -> None:
     """Run one self-training round: verify files, train, calibrate, score, pseudo-label,
     route to review, record. Exits 75 at once if another round holds the workspace.
 
     \b
-    Example:
+    Examples:
       sslall round --threshold 0.9 --policy adaptive --strategy margin --budget 20
+      sslall round --nproc 4        (or: torchrun --nproc_per_node 4 -m sslall round)
     """
-    from sslall.rounds import run_round
+    from sslall.distributed import teardown
 
     ws, config = open_workspace(workspace)
     config = round_config(config, threshold, policy, strategy, budget, route, mode, device)
-    with step_progress() as update:
-        result = run_round(ws, config, progress=update)
+    if nproc != 1:
+        raise typer.Exit(_launch(nproc))
+    dist = _join(config)
+    result = _one_round(ws, config, dist)
+    teardown(dist)
+    if result is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     if json_out:
         print_json(result.summary())
     elif not _quiet():
@@ -132,25 +142,72 @@ def run_cmd(
     Example:
       sslall run --rounds 5 --threshold 0.95
     """
-    from sslall.rounds import run_round
+    from sslall.distributed import broadcast, teardown
 
     if rounds < 1:
         raise UsageError("--rounds must be at least 1")
     ws, config = open_workspace(workspace)
     config = round_config(config, threshold, policy, strategy, budget, route, mode, device)
     results = []
+    dist = _join(config)  # under torchrun: rank 0 decides when to stop, the others follow
     for _ in range(rounds):
-        with step_progress() as update:
-            result = run_round(ws, config, progress=update)
-        results.append(result.summary())
-        if not json_out and not _quiet():
-            _show_round(result, config.classes)
-        _show_labelstudio(result)
-        if not result.changed:
-            say(f"round {result.round} changed nothing; stopping")
+        result = _one_round(ws, config, dist)
+        if result is not None:
+            results.append(result.summary())
+            if not json_out and not _quiet():
+                _show_round(result, config.classes)
+            _show_labelstudio(result)
+        if not broadcast(dist, result is not None and result.changed):
+            if result is not None:
+                say(f"round {result.round} changed nothing; stopping")
             break
+    teardown(dist)
+    if dist is not None and not dist.is_main:
+        return
     if json_out:
         print_json(results)
+
+
+def _launch(nproc: int) -> int:
+    """`--nproc N`: this same command under torchrun, minus `--nproc`; rank 0's exit code."""
+    from sslall.distributed import launch, world_size_from_env
+
+    if nproc < 1:
+        raise UsageError(f"--nproc must be at least 1, got {nproc}")
+    if world_size_from_env() > 1:
+        raise UsageError("--nproc launches torchrun; inside torchrun leave it out")
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg == "--nproc" or arg.startswith("--nproc="):
+            skip = arg == "--nproc"
+            continue
+        argv.append(arg)
+    return launch(nproc, argv)
+
+
+def _join(config: Config):
+    """Join torchrun's process group when launched by it (None for a single process)."""
+    from sslall.distributed import setup
+    from sslall.train import resolve_device
+
+    return setup(resolve_device(config.model.device))
+
+
+def _one_round(ws, config: Config, dist):
+    """One round (progress bars on rank 0 only); rank 0 records its exit code for `--nproc`."""
+    from sslall.distributed import record_exit_code
+    from sslall.errors import SslallError
+    from sslall.rounds import run_round
+
+    main = dist is None or dist.is_main
+    try:
+        with step_progress() if main else nullcontext(None) as update:
+            result = run_round(ws, config, progress=update, dist=dist)
+    except SslallError as exc:
+        if main:
+            record_exit_code(exc.exit_code)
+        raise
+    return result
 
 
 def _quiet() -> bool:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from sslall.config import Config
+from sslall.distributed import Dist, gather_rows, shard_bounds
 from sslall.faults import fault_point
 from sslall.metrics import expected_calibration_error, fit_temperature, softmax
 from sslall.models import Backbone, Classifier, EnsembleHead, MLPHead, create_backbone
@@ -77,8 +78,10 @@ class Learner:
     """A trained model for one round, in head or finetune mode."""
 
     def __init__(self, config: Config, backbone: Backbone, head: MLPHead, mode: str,
-                 device: torch.device, features: np.ndarray | None, train_report: dict) -> None:
+                 device: torch.device, features: np.ndarray | None, train_report: dict,
+                 dist: Dist | None = None) -> None:
         self.config = config
+        self.dist = dist
         self.backbone = backbone
         self.head = head
         self.mode = mode
@@ -88,20 +91,32 @@ class Learner:
 
     def score(self, rows: Sequence[Sample], *, progress: Progress | None = None,
               mc_samples: int = 0) -> Scores:
-        """Logits and embeddings of every row (head mode reuses the cached features)."""
+        """Logits and embeddings of every row (head mode reuses the cached features).
+
+        Under torchrun every rank calls this: finetune mode scores one contiguous shard of the
+        rows per rank and gathers them on rank 0; ranks other than 0 get empty arrays.
+        """
         cfg = self.config
+        dist = self.dist
+        if dist is not None and not dist.is_main and self.mode == "head":
+            return _empty_scores(self)
         if self.mode == "head":
             embeddings = self.features
             logits = _head_logits(self.head, embeddings, self.device, cfg.train.batch_size * 8)
         else:
             classifier = Classifier(self.backbone.module, self.head, self.backbone.scales)
-            out = predict(classifier, [(r.id, r.path) for r in rows],
+            lo, hi = shard_bounds(len(rows), dist)
+            out = predict(classifier, [(r.id, r.path) for r in rows[lo:hi]],
                           image_size=cfg.model.image_size, mean=self.backbone.mean,
                           std=self.backbone.std, batch_size=cfg.train.batch_size,
                           device=self.device, num_workers=cfg.train.num_workers,
                           max_pixels=cfg.data.max_pixels, preprocess=cfg.preprocess,
                           progress=_step(progress, "score"))
             logits, embeddings = out.logits, out.embeddings
+            if dist is not None:
+                logits, embeddings = _gather_scores(dist, logits, embeddings, len(rows))
+                if not dist.is_main:
+                    return _empty_scores(self)
         mc = None
         if mc_samples:
             mc = mc_dropout_probs(self.head, embeddings, T=mc_samples, seed=cfg.train.seed)
@@ -168,10 +183,15 @@ class Learner:
 
 
 def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: int,
-                progress: Progress | None = None) -> Learner:
-    """Build the backbone, then train the head (head mode) or the whole network (finetune)."""
+                progress: Progress | None = None, dist: Dist | None = None) -> Learner:
+    """Build the backbone, then train the head (head mode) or the whole network (finetune).
+
+    Under torchrun (`dist`) every rank calls this. Finetune trains with DDP on every rank. Head
+    mode shares out the feature extraction; the heads themselves (seconds on a CPU) train on
+    rank 0 alone, and nothing needs them elsewhere, so the other ranks return an untrained head.
+    """
     cfg = config
-    device = resolve_device(cfg.model.device)
+    device = resolve_device(cfg.model.device) if dist is None else dist.device
     mode = resolve_mode(cfg.model.mode, device)
     torch.manual_seed(seed)
     backbone = create_backbone(cfg.model.backbone, pretrained=cfg.model.pretrained,
@@ -187,11 +207,14 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
         cache = FeatureCache(cache_dir / "features")
         features = extract_features(
             backbone, [(r.id, r.path) for r in snapshot.rows], image_size=cfg.model.image_size,
-            cache=cache, batch_size=cfg.train.batch_size, device=device,
+            cache=cache, batch_size=cfg.train.batch_size, device=device, dist=dist,
             num_workers=cfg.train.num_workers, max_pixels=cfg.data.max_pixels,
             progress=_step(progress, "features"), preprocess=cfg.preprocess,
         )
         fault_point("features-done")
+        if dist is not None and not dist.is_main:
+            head = MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs)
+            return Learner(cfg, backbone, head, mode, device, None, {}, dist)
         results, members = [], []
         for k in range(cfg.train.head_ensemble):
             results.append(train_head(features[rows], y, w, features[holdout], y_all[holdout],
@@ -208,7 +231,7 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
         result = finetune(
             classifier, [paths[i] for i in rows], y, w, [paths[i] for i in holdout],
             y_all[holdout], image_size=cfg.model.image_size, mean=backbone.mean, std=backbone.std,
-            augment=cfg.augment, lr=cfg.train.finetune_lr, num_workers=cfg.train.num_workers,
+            augment=cfg.augment, lr=cfg.train.finetune_lr, num_workers=cfg.train.num_workers, dist=dist,
             max_pixels=cfg.data.max_pixels, progress=_step(progress, "train"),
             preprocess=cfg.preprocess, **common,
         )
@@ -218,7 +241,28 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
     report = {"best_epoch": [r.best_epoch for r in results],
               "epochs_run": [len(r.history) for r in results],
               "train_rows": int(len(rows)), "seconds": sum(r.seconds for r in results)}
-    return Learner(cfg, backbone, head, mode, device, features, report)
+    return Learner(cfg, backbone, head, mode, device, features, report, dist)
+
+
+def _gather_scores(dist: Dist, logits: np.ndarray, embeddings: np.ndarray, n: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Every rank's shard of (logits, embeddings) on rank 0, in row order."""
+    c = logits.shape[1]
+    both = np.zeros((n, c + embeddings.shape[1]), np.float32) if dist.is_main else None
+
+    def sink(at: int, rows: np.ndarray) -> None:
+        both[at : at + len(rows)] = rows
+
+    gather_rows(dist, np.concatenate([logits, embeddings], axis=1), sink if dist.is_main else None)
+    if both is None:
+        return logits, embeddings
+    return both[:, :c], both[:, c:]
+
+
+def _empty_scores(learner: Learner) -> Scores:
+    """What ranks other than 0 get back from scoring: nothing (rank 0 has every row)."""
+    return Scores(np.zeros((0, head_out_features(learner.head)), np.float32),
+                  np.zeros((0, learner.backbone.num_features), np.float32))
 
 
 def _head_logits(head: MLPHead, features: np.ndarray, device: torch.device, batch: int

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sslall.config import Config
-from sslall.distributed import Dist, RankZeroFailed, broadcast
+from sslall.distributed import Dist, RankZeroFailed, broadcast, record_exit_code
 from sslall.errors import SslallError, UsageError
 from sslall.faults import fault_point
 from sslall.images import sha256_file
@@ -239,6 +239,7 @@ def _leading(dist: Dist | None) -> Iterator[Callable[[Snapshot, int], None]]:
         yield send
     except SslallError as exc:
         if dist is not None and not sent:  # the others wait for a snapshot: end their wait
+            record_exit_code(exc.exit_code)  # first: torchrun may stop rank 0 once they exit
             broadcast(dist, RankZeroFailed(str(exc), exc.exit_code))
         raise
 

@@ -36,9 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from sslall.config import PreprocessConfig
 from sslall.data import ImageDataset, eval_transform, make_loader, transform_key
+from sslall.distributed import Dist, broadcast, gather_rows, shard_bounds
 from sslall.errors import ModelError
 from sslall.fsutil import fsync_dir, write_atomic
 from sslall.models import Backbone, Classifier
@@ -208,7 +210,7 @@ class Scores:
 def extract_features(
     backbone: Backbone, samples: Sequence[Sample], *, image_size: int, cache: FeatureCache,
     batch_size: int = 64, device: torch.device | str = "cpu", num_workers: int = 0,
-    max_pixels: int = 50_000_000, progress: Progress | None = None,
+    max_pixels: int = 50_000_000, progress: Progress | None = None, dist: Dist | None = None,
     work_dir: str | Path | None = None, backbone_name: str | None = None, flush_rows: int = FLUSH_ROWS,
     preprocess: PreprocessConfig | None = None,
 ) -> np.ndarray:
@@ -219,6 +221,9 @@ def extract_features(
     read back from the cache (into a memory-mapped `features.npy` in `work_dir` when large).
     `progress(done, total)` counts samples, cached ones included. `backbone_name` overrides the
     architecture name used in the cache key (default: timm's architecture or the class name).
+    Under torchrun (`dist`, every rank calls this) the uncached images are split into one
+    contiguous shard per rank and the shards are sent to rank 0, which alone opens and writes
+    the cache and returns the features; the other ranks return an empty [0, D] array.
     `preprocess` runs before the transform and is part of the cache key.
 
     Raises:
@@ -226,12 +231,13 @@ def extract_features(
         ModelError: the backbone returns something other than finite [n, D] features.
     """
     ids = [str(sample_id) for sample_id, _ in samples]
-    store = cache.open(backbone_name or _architecture(backbone), backbone.weights_id,
+    store = _open_store(cache, dist, backbone_name or _architecture(backbone), backbone.weights_id,
                        transform_key(image_size, backbone.mean, backbone.std, preprocess))
     todo: dict[str, str] = {}
-    for sample_id, path in samples:
+    for sample_id, path in samples if store is not None else ():
         if str(sample_id) not in store and str(sample_id) not in todo:
             todo[str(sample_id)] = str(path)
+    todo = broadcast(dist, todo)  # rank 0's list: the others never look at the cache
     total = len(dict.fromkeys(ids))
     done = total - len(todo)
     if progress is not None:
@@ -240,23 +246,33 @@ def extract_features(
         transform = eval_transform(image_size, backbone.mean, backbone.std, preprocess)
         dataset = ImageDataset(list(todo.values()), transform, max_pixels=max_pixels)
         todo_ids = list(todo)
+        lo, hi = shard_bounds(len(todo_ids), dist)
+        if dist is not None:
+            dataset = Subset(dataset, range(lo, hi))  # items keep their index into todo_ids
         pending_ids: list[str] = []
         pending: list[np.ndarray] = []
         batches = _stream(backbone.module, dataset, batch_size, device, num_workers,
                           forward=backbone.features)
         with contextlib.closing(batches):
             for index, feats in batches:
-                _check_features(feats, store.key["backbone"])
+                _check_features(feats, backbone_name or _architecture(backbone))
                 pending_ids += [todo_ids[i] for i in index]
                 pending.append(feats)
                 done += len(index)
-                if len(pending_ids) >= flush_rows:
+                if store is not None and len(pending_ids) >= flush_rows:
                     store.put(pending_ids, np.concatenate(pending))
                     pending_ids, pending = [], []
                 if progress is not None:
                     progress(done, total)
-        if pending_ids:
+        if store is not None and pending_ids:
             store.put(pending_ids, np.concatenate(pending))
+            pending = []
+        if dist is not None:  # rank 0 passes nothing: its own shard is in the cache already
+            mine = np.concatenate(pending) if pending else np.zeros((0, 1), np.float32)
+            gather_rows(dist, mine, lambda at, rows: store.put(todo_ids[hi + at : hi + at + len(rows)], rows)
+                        if store is not None else None)
+    if store is None:
+        return np.zeros((0, backbone.num_features), np.float32)
     dim = store.dim if store.dim is not None else backbone.num_features
     out = _allocate(work_dir, "features.npy", (len(ids), dim))
     for start in range(0, len(ids), flush_rows):
@@ -377,6 +393,11 @@ def _stream(
         if cuda:
             module.to(memory_format=torch.contiguous_format)
         module.train(was_training)
+
+
+def _open_store(cache: FeatureCache, dist: Dist | None, *key: str) -> FeatureSet | None:
+    """The feature set of `key`; None on ranks other than 0, which never touch the cache."""
+    return cache.open(*key) if dist is None or dist.is_main else None
 
 
 def _check_features(feats: np.ndarray, backbone: str) -> None:

@@ -27,9 +27,11 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRandomSampler
 
 from sslall.data import ImageDataset, eval_transform, make_loader, train_transform
+from sslall.distributed import DealtSampler, Dist, broadcast
 from sslall.errors import ConfigError, ModelError
 from sslall.models import Classifier, MLPHead
 
@@ -188,6 +190,7 @@ def finetune(
     classifier: Classifier, train_paths: Sequence[str], train_y: np.ndarray, train_w: np.ndarray,
     val_paths: Sequence[str] = (), val_y: np.ndarray | None = None, *,
     image_size: int, mean: Sequence[float], std: Sequence[float], augment: AugmentConfig,
+    dist: Dist | None = None,
     epochs: int = 30, batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 1e-4,
     class_balance: str = "sampler", patience: int = 5, seed: int = 0, device: torch.device | str = "cpu",
     num_workers: int = 0, max_pixels: int = 50_000_000, progress: Progress | None = None,
@@ -200,6 +203,14 @@ def finetune(
     schedule per step, and on CUDA only: channels_last and autocast (bf16 when supported, else
     fp16 with a GradScaler). Early stopping as in `train_head`; `progress(step, total_steps)`.
 
+    Under torchrun (`dist`), every rank calls this: DistributedDataParallel on `dist.device`;
+    `batch_size` stays the global batch (each rank takes batch_size / world); the class-balanced
+    draw is the single-process draw dealt out round-robin (so a global batch holds the same rows
+    as in one process) and the unbalanced shuffle is a `DistributedSampler`. Augmentation and
+    dropout are seeded per rank (seed + rank). Rank 0 scores the holdout and sends (F1, loss) to
+    all, so every rank stops at the same epoch. BatchNorm statistics are per rank (local batch;
+    DDP copies rank 0's buffers to the others): results differ from one process by that much.
+
     Raises:
         ValueError, ModelError: as `train_head`; UnreadableImage if an image cannot be decoded.
     """
@@ -208,25 +219,34 @@ def finetune(
     kept, y, w = _prepare(rows, train_y, train_w, num_classes, class_balance, epochs, batch_size)
     paths = [str(train_paths[int(i)]) for i in kept[:, 0]]
     has_val = val_y is not None and len(val_y) > 0
-    device = torch.device(device)
+    device = torch.device(device) if dist is None else dist.device
+    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     cuda = device.type == "cuda"
     amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
     started = time.perf_counter()
-    with _seeded(seed, device):
+    with _seeded(seed + rank, device):
         classifier.to(device)
         if cuda:
             classifier.to(memory_format=torch.channels_last)
         dataset = ImageDataset(paths, train_transform(image_size, mean, std, augment, preprocess),
                                max_pixels=max_pixels)
-        sampler = None
+        sampler: Sampler | None = None
         if class_balance == "sampler":
             sampler = WeightedRandomSampler(_sampler_weights(y, num_classes).tolist(), len(y),
                                             generator=torch.Generator().manual_seed(seed))
-        loader = make_loader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
-                             num_workers=num_workers, seed=seed,
-                             drop_last=len(y) > batch_size and len(y) % batch_size == 1)  # no BN on 1 row
+            if world > 1:
+                sampler = DealtSampler(sampler, rank, world)
+        elif world > 1:
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        local_batch, local_rows = max(1, batch_size // world), -(-len(y) // world)
+        loader = make_loader(dataset, batch_size=local_batch, shuffle=sampler is None, sampler=sampler,
+                             num_workers=num_workers, seed=seed + rank,  # no BatchNorm on 1 row:
+                             drop_last=local_rows > local_batch and local_rows % local_batch == 1)
+        model: nn.Module = classifier
+        if world > 1:
+            model = DistributedDataParallel(classifier, device_ids=[device.index] if cuda else None)
         val_loader = None
-        if has_val:
+        if has_val and rank == 0:
             val_set = ImageDataset([str(p) for p in val_paths],
                                    eval_transform(image_size, mean, std, preprocess),
                                    max_pixels=max_pixels)
@@ -243,14 +263,16 @@ def finetune(
         autocast = (lambda: torch.autocast("cuda", dtype=amp)) if amp is not None else nullcontext
         best, step = _Best(patience), 0
         for epoch in range(1, epochs + 1):
-            classifier.train()
+            model.train()
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(epoch)
             total, seen = 0.0, 0
             for x, idx in loader:
                 x = x.to(device, non_blocking=True)
                 if cuda:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast():
-                    logits = classifier(x)
+                    logits = model(x)
                 ce = F.cross_entropy(logits.float(), yt[idx].to(device), reduction="none")
                 loss = (ce * wt[idx].to(device)).mean()
                 optimizer.zero_grad(set_to_none=True)
@@ -263,6 +285,8 @@ def finetune(
                     progress(step, total_steps)
             f1, nll = (_loader_scores(classifier, val_loader, val_y, device, autocast)
                        if val_loader else (None, None))
+            if world > 1 and has_val:
+                f1, nll = broadcast(dist, (f1, nll))  # one stopping decision for every rank
             best.history.append({"epoch": epoch, "train_loss": _finite(total / max(seen, 1), epoch, lr),
                                  "val_macro_f1": f1, "val_loss": nll})
             if has_val and best.update(epoch, f1, nll, classifier):

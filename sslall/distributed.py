@@ -1,0 +1,194 @@
+"""Process-group helpers for `torchrun` (PyTorch's own distributed engine), and the `--nproc` launcher.
+
+A round started by `torchrun --nproc_per_node N -m sslall round ...` runs in N processes. They
+find each other through torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT); without WORLD_SIZE > 1 there is no process group and everything runs as one
+process, exactly as before. The backend is NCCL when the round runs on CUDA (rank r on
+`cuda:LOCAL_RANK`) and gloo on the CPU.
+
+Who does what (see `sslall.rounds`): rank 0 alone takes the workspace lock, reads and writes
+the pool store, the feature cache and the checkpoint; it sends the round's snapshot to the
+others, which join the collective steps only (feature extraction and scoring in shards, DDP
+training) and then leave. An error rank 0 raises before the snapshot is sent (the lock is busy,
+no labels) is sent instead, so every rank exits with the same code and none waits forever.
+
+torchrun reports a failed worker as exit code 1, whatever the worker's own code. So rank 0
+writes its exit code to the file `$SSLALL_EXIT_FILE` names, when set; `sslall round --nproc N`
+sets it and exits with that code (75 when another round holds the lock).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+from torch.utils.data import Sampler
+
+from sslall.errors import SslallError
+
+__all__ = ["ENV_EXIT_FILE", "DealtSampler", "Dist", "RankZeroFailed", "broadcast", "gather_rows",
+           "launch", "record_exit_code", "setup", "shard_bounds", "teardown"]
+
+ENV_EXIT_FILE = "SSLALL_EXIT_FILE"
+GATHER_ROWS = 16_384  # rows per message when shards are sent to rank 0 (bounds message size)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the group: rank, world size, local rank and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+class RankZeroFailed(SslallError):
+    """Rank 0 failed before the round's snapshot was sent; every other rank exits with its code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message, exit_code)  # both in args, so it survives pickling
+        self.exit_code = exit_code
+
+    def __str__(self) -> str:
+        return f"rank 0: {self.args[0]}"
+
+
+def world_size_from_env() -> int:
+    """WORLD_SIZE as torchrun sets it; 1 when unset or unreadable."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def setup(device: torch.device) -> Dist | None:
+    """Join torchrun's process group (once) when WORLD_SIZE > 1; None for a single process.
+
+    `device` is the resolved `model.device`: on CUDA each rank takes `cuda:LOCAL_RANK` and the
+    backend is NCCL; otherwise gloo on the CPU.
+    """
+    world = world_size_from_env()
+    if world == 1:
+        return None
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not tdist.is_initialized():
+        tdist.init_process_group(backend, timeout=timedelta(hours=2))
+    return Dist(rank, world, local_rank, backend, device)
+
+
+def teardown(dist: Dist | None) -> None:
+    """Leave the process group (every rank calls this at the end of its command)."""
+    if dist is not None and tdist.is_initialized():
+        tdist.barrier()
+        tdist.destroy_process_group()
+
+
+def broadcast(dist: Dist | None, obj: Any = None) -> Any:
+    """Rank 0's `obj` on every rank (pickled; for small things: a snapshot, a message, scores)."""
+    if dist is None:
+        return obj
+    box = [obj if dist.is_main else None]
+    tdist.broadcast_object_list(box, src=0, device=_object_device(dist))
+    return box[0]
+
+
+def shard_bounds(n: int, dist: Dist | None) -> tuple[int, int]:
+    """[start, stop) of this rank's contiguous share of n rows (the first ranks take one more)."""
+    if dist is None:
+        return 0, n
+    base, extra = divmod(n, dist.world_size)
+    start = dist.rank * base + min(dist.rank, extra)
+    return start, start + base + (dist.rank < extra)
+
+
+def gather_rows(dist: Dist, local: np.ndarray, sink: Callable[[int, np.ndarray], None] | None,
+                *, chunk: int = GATHER_ROWS) -> None:
+    """Send every rank's `local` rows (its `shard_bounds` share) to rank 0, in row order.
+
+    Rank 0 calls `sink(offset, rows)` for each piece (its own included), so it can write them
+    to a memory-mapped array or the feature cache as they arrive; at most `chunk` rows travel
+    per message. Other ranks pass `sink=None`.
+    """
+    counts = [0] * dist.world_size
+    tdist.all_gather_object(counts, len(local))
+    device = _object_device(dist)
+    offset = 0
+    for rank, count in enumerate(counts):
+        for start in range(0, count, chunk):
+            piece = [local[start : start + chunk] if dist.rank == rank else None]
+            if rank != 0 and dist.rank == rank:
+                tdist.send_object_list(piece, dst=0, device=device)
+            elif rank != 0 and dist.is_main:
+                tdist.recv_object_list(piece, src=rank, device=device)
+            if dist.is_main and sink is not None:
+                sink(offset + start, np.asarray(piece[0]))
+        offset += count
+
+
+class DealtSampler(Sampler[int]):
+    """Rank `rank`'s share of another sampler's draw: every `world`-th index, padded to equal
+    length. Every rank draws the same sequence (same seeded generator), so the union of the
+    ranks' k-th local batches is the k-th batch one process would have drawn."""
+
+    def __init__(self, base: Sampler[int], rank: int, world: int) -> None:
+        self.base, self.rank, self.world = base, rank, world
+
+    def __len__(self) -> int:
+        return -(-len(self.base) // self.world)
+
+    def __iter__(self) -> Iterator[int]:
+        drawn = list(self.base)
+        drawn += drawn[: len(self) * self.world - len(drawn)]
+        return iter(drawn[self.rank :: self.world])
+
+
+def record_exit_code(code: int) -> None:
+    """Write `code` to `$SSLALL_EXIT_FILE` (when set) so a launcher can exit with it."""
+    path = os.environ.get(ENV_EXIT_FILE)
+    if path:
+        Path(path).write_text(f"{int(code)}\n", encoding="ascii")
+
+
+def launch(nproc: int, argv: Sequence[str]) -> int:
+    """Run `python -m torch.distributed.run --nproc_per_node N -m sslall ARGV`; its exit code.
+
+    The code is rank 0's own (from `$SSLALL_EXIT_FILE`) when it recorded one, so a busy lock
+    still exits 75; otherwise torchrun's.
+    """
+    with tempfile.TemporaryDirectory(prefix="sslall-launch-") as tmp:
+        exit_file = Path(tmp) / "exit-code"
+        env = {**os.environ, ENV_EXIT_FILE: str(exit_file), "OMP_NUM_THREADS":
+               os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={nproc}", "-m", "sslall", *argv]
+        code = subprocess.run(cmd, env=env, check=False).returncode
+        if exit_file.is_file():
+            return int(exit_file.read_text(encoding="ascii").strip() or code)
+        return code
+
+
+def _object_device(dist: Dist) -> torch.device | None:
+    """Object collectives travel as tensors on the rank's CUDA device under NCCL."""
+    return dist.device if dist.backend == "nccl" else None
