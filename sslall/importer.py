@@ -169,6 +169,9 @@ def _read_manifest(path: Path, classes: Sequence[str]) -> Iterator[Entry]:
 
 def examine(path: str, max_pixels: int) -> tuple[str, str | None]:
     """Worker: (sample id, quarantine reason or None). Runs in a child process."""
+    if os.path.exists(path) and not os.path.isfile(path):  # a fifo would block the read below
+        return (sha256(f"unreadable:{path}".encode()).hexdigest(),
+                "not-a-file: is a fifo, socket or device, not a file")
     try:
         digest = sha256_file(path)
     except OSError as exc:
