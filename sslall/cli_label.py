@@ -22,7 +22,7 @@ from sslall.console import (
     print_json,
     say,
 )
-from sslall.pools import PoolStore
+from sslall.pools import PoolStore, Sample
 
 T = TypeVar("T")
 
@@ -53,18 +53,27 @@ DataDir = Annotated[Path | None, typer.Option(
 
 @label_app.command("push")
 @cli_errors
-def push_cmd(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> None:
+def push_cmd(
+    with_cam: Annotated[bool, typer.Option("--with-cam", help="Attach a Grad-CAM overlay "
+                        "(where the model looked) to each new task, shown under the cell.")] = False,
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint for --with-cam (default: "
+                          "the latest round).")] = None,
+    workspace: WorkspaceOption = None, json_out: JsonFlag = False,
+) -> None:
     """Send every review cell not yet sent as a task with the model's guess pre-selected;
     creates the project on first use. Pushing twice never makes a second task for a cell.
 
     \b
     Example:
       export LABEL_STUDIO_API_KEY=...   # or set labelstudio.api_key_file
-      sslall label push
+      sslall label push --with-cam
     """
+    from functools import partial
+
     from sslall.labelstudio import push
 
-    report = _locked(push, workspace, "sslall label push")
+    overlay = _cam_overlay(workspace, checkpoint) if with_cam else None
+    report = _locked(partial(push, overlay=overlay), workspace, "sslall label push")
     if json_out:
         print_json(report.as_dict())
         return
@@ -72,6 +81,30 @@ def push_cmd(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> N
     say(f"pushed {report.pushed} task(s) to Label Studio project {report.project_id}{made}; "
         f"{report.already} already there" + (f", {report.recovered} recovered from an "
                                               "interrupted push" if report.recovered else ""))
+
+
+def _cam_overlay(workspace: Path | None, checkpoint: Path | None) -> Callable[[Sample], Path]:
+    """sample -> its Grad-CAM overlay, written under WORKSPACE/cam/ as JPEG (small enough to
+    travel inside the task; the model loads once, on the first task that needs it)."""
+    from sslall.cli_insight import resolve_checkpoint
+
+    ws, _ = open_workspace(workspace)
+    source = resolve_checkpoint(checkpoint, workspace)
+    folder = ws.root / "cam"
+    explainers: list = []
+
+    def overlay(sample: Sample) -> Path:
+        from sslall.explain import Explainer
+
+        if not explainers:
+            explainers.append(Explainer(source))
+        picture, _, _ = explainers[0].overlay(sample.path)
+        folder.mkdir(exist_ok=True)
+        target = folder / f"{sample.id[:16]}.cam.jpg"
+        picture.save(target, quality=90)
+        return target
+
+    return overlay
 
 
 @label_app.command("pull")

@@ -26,6 +26,7 @@ skips is skipped; one whose only non-skip annotations are invalid stays in revie
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,10 +36,13 @@ from sslall.config import Config
 from sslall.errors import LabelStudioError, SslallError, UsageError
 from sslall.faults import fault_point
 from sslall.labelstudio_client import (
+    CAM_NAME,
     LabelStudioClient,
     choice_result,
     config_choices,
+    config_has_cam,
     decide,
+    label_config,
     resolve_path,
 )
 from sslall.pools import Move, PoolStore, Sample, utc_now
@@ -94,21 +98,25 @@ def connect(config: Config, base: Path | None) -> LabelStudioClient:
     return LabelStudioClient.from_config(config.labelstudio, base)
 
 
-def project_id(client: LabelStudioClient, config: Config, *, create: bool) -> tuple[int, bool]:
+def project_id(client: LabelStudioClient, config: Config, *, create: bool,
+               cam: bool = False) -> tuple[int, bool]:
     """The configured project's id (created by a push when a title is unknown), and whether
-    it was created now. An existing project must offer every workspace class."""
+    it was created now. An existing project must offer every workspace class; with `cam`, its
+    labelling config gains the Grad-CAM overlay field if it lacks it."""
     name = config.labelstudio.project
     found = client.find_project(name)
     if found is None:
         if not create:
             raise ProjectMissing(f"no Label Studio project titled {name!r} at {client.url} "
                                    "(`sslall label push` creates it)")
-        return client.create_project(name, config.classes), True
+        return client.create_project(name, config.classes, cam=cam), True
     pid, xml = found
     missing = [c for c in config.classes if c not in config_choices(xml)]
     if missing:
         raise LabelStudioError(f"Label Studio project {pid} does not offer the class(es) "
                                f"{missing}; use a new labelstudio.project")
+    if cam and not config_has_cam(xml):
+        client.set_label_config(pid, label_config(config.classes, cam=True))
     return pid, False
 
 
@@ -131,17 +139,22 @@ def _recover(client: LabelStudioClient, store: PoolStore, pid: int,
 
 
 def push(store: PoolStore, config: Config, *, base: Path | None = None,
-         client: LabelStudioClient | None = None) -> PushReport:
+         client: LabelStudioClient | None = None,
+         overlay: Callable[[Sample], Path] | None = None) -> PushReport:
     """Send every review sample that has no open task yet (see the module docstring).
 
+    With `overlay` (sample -> PNG or JPEG file, e.g. a Grad-CAM picture), each new task also
+    carries that picture in its `cam` field, which the labelling config shows under the cell. It
+    travels inside the task as a `data:` URI: Label Studio refuses a file upload to a project
+    whose config has two image fields (it cannot tell which one the file is for).
     The caller holds the workspace's round lock, so no other push runs at the same time.
     """
     ls = config.labelstudio
     root = _document_root(config, base)
     if client is None:
         with connect(config, base) as own:
-            return push(store, config, base=base, client=own)
-    pid, created = project_id(client, config, create=True)
+            return push(store, config, base=base, client=own, overlay=overlay)
+    pid, created = project_id(client, config, create=True, cam=overlay is not None)
     report = PushReport(project_id=pid, created_project=created)
     wanted: dict[tuple[str, int], Sample] = {}
     for s in store.samples("review"):
@@ -161,7 +174,8 @@ def push(store: PoolStore, config: Config, *, base: Path | None = None,
     records.set_push_pending(store, pid)
     for start in range(0, len(todo), ls.batch_size):
         batch = todo[start:start + ls.batch_size]
-        tasks = [_task(client, pid, root, s, visit, config.classes) for (_, visit), s in batch]
+        tasks = [_task(client, pid, root, s, visit, config.classes, overlay)
+                 for (_, visit), s in batch]
         ids = client.import_tasks(pid, tasks)
         fault_point("labelstudio-push")
         task_ids: list[int | None] = list(ids) if len(ids) == len(batch) else [None] * len(batch)
@@ -212,13 +226,15 @@ def _ensure_storages(client: LabelStudioClient, pid: int, root: Path,
 
 
 def _task(client: LabelStudioClient, pid: int, root: Path | None, s: Sample, visit: int,
-          classes: tuple[str, ...]) -> dict:
+          classes: tuple[str, ...], overlay: Callable[[Sample], Path] | None = None) -> dict:
     if root is not None:
         rel = _relative(root, s.path)
         image = f"/data/local-files/?d={rel.as_posix()}" if rel else ""
     else:
         image = client.upload(pid, Path(s.path))
     data: dict[str, Any] = {"image": image, "sample_id": s.id}
+    if overlay is not None:
+        data[CAM_NAME] = _data_uri(overlay(s))
     if visit > 1:
         data["visit"] = visit
     task: dict[str, Any] = {"data": data}
@@ -229,6 +245,13 @@ def _task(client: LabelStudioClient, pid: int, root: Path | None, s: Sample, vis
             prediction["score"] = round(float(s.confidence), 6)
         task["predictions"] = [prediction]
     return task
+
+
+def _data_uri(path: Path) -> str:
+    import base64
+
+    mime = "image/png" if path.suffix.lower() == ".png" else "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
 # -- pull ------------------------------------------------------------------------------------

@@ -27,14 +27,24 @@ from sslall.errors import LabelStudioError, UsageError
 
 ENV_API_KEY = "LABEL_STUDIO_API_KEY"
 FROM_NAME, TO_NAME = "label", "image"
+CAM_NAME = "cam"  # the Grad-CAM overlay, shown under the cell (`sslall label push --with-cam`)
 T = TypeVar("T")
 
 
-def label_config(classes: tuple[str, ...]) -> str:
-    """The labelling interface: one image, one single-choice list of the workspace classes."""
+def label_config(classes: tuple[str, ...], *, cam: bool = False) -> str:
+    """The labelling interface: one image, one single-choice list of the workspace classes;
+    with `cam`, the Grad-CAM overlay under the cell (where the model looked)."""
     choices = "".join(f"<Choice value={quoteattr(c)}/>" for c in classes)
+    overlay = (f'<Header value="Where the model looked (Grad-CAM)"/>'
+               f'<Image name="{CAM_NAME}" value="${CAM_NAME}"/>' if cam else "")
     return (f'<View><Image name="{TO_NAME}" value="$image"/><Choices name="{FROM_NAME}" '
-            f'toName="{TO_NAME}" choice="single" showInline="true">{choices}</Choices></View>')
+            f'toName="{TO_NAME}" choice="single" showInline="true">{choices}</Choices>'
+            f'{overlay}</View>')
+
+
+def config_has_cam(xml: str) -> bool:
+    """Whether a labelling config shows the Grad-CAM overlay field."""
+    return f'value="${CAM_NAME}"' in (xml or "")
 
 
 def config_choices(xml: str) -> set[str]:
@@ -188,12 +198,17 @@ class LabelStudioClient:
             if p.title == project])
         return min(found) if found else None
 
-    def create_project(self, title: str, classes: tuple[str, ...]) -> int:
+    def create_project(self, title: str, classes: tuple[str, ...], *, cam: bool = False) -> int:
         p = self._call("creating the project", lambda: self.sdk.projects.create(
-            title=title, label_config=label_config(classes),
+            title=title, label_config=label_config(classes, cam=cam),
             description="Cells sslall is least sure about; the model's guess is pre-selected.",
             show_skip_button=True))
         return int(p.id)
+
+    def set_label_config(self, project_id: int, xml: str) -> None:
+        """Replace a project's labelling config (adding the overlay field keeps its tasks)."""
+        self._call("updating the labelling config",
+                   lambda: self.sdk.projects.update(id=project_id, label_config=xml))
 
     def local_storage_paths(self, project_id: int) -> set[str]:
         return self._call("listing local storages", lambda: {

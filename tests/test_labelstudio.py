@@ -580,3 +580,30 @@ def test_an_annotator_sees_the_cell_in_chromium(ls: Server, tmp_path: Path, runn
         raise
     finally:
         browser.quit()
+
+
+def test_push_with_cam_attaches_the_overlay_and_the_project_shows_it(ls: Server, tmp_path: Path,
+                                                                     runner) -> None:
+    import base64
+
+    from test_explain import make_checkpoint
+
+    ws, ids = review_ws(tmp_path, ls, n=1)
+    assert invoke(runner, "label", "push", "-w", ws).exit_code == 0  # a project without overlays
+    later = write_image(tmp_path / "cells" / "later.png", 7000, size=20)
+    with PoolStore(ws / "pools" / "pools.db") as store:
+        store.add_samples([NewSample(sha256_file(later), str(later), "unlabeled")])
+        store.apply_moves([Move(sha256_file(later), "review", from_pool="unlabeled",
+                                prediction=CLASSES[1], confidence=0.5)], round_no=1)
+    ckpt = make_checkpoint(tmp_path / "ckpt", "baseline-cnn", 32)
+    result = invoke(runner, "label", "push", "--with-cam", "--checkpoint", ckpt, "-w", ws)
+    assert result.exit_code == 0, result.output
+    tasks = {d["sample_id"]: d for _, d in server_tasks(ls, ws)}
+    new = tasks[sha256_file(later)]
+    assert "cam" not in tasks[ids[0]] and new["cam"].startswith("data:image/jpeg;base64,")
+    overlay = ws / "cam" / f"{sha256_file(later)[:16]}.cam.jpg"
+    assert base64.b64decode(new["cam"].split(",", 1)[1]) == overlay.read_bytes()
+    config = load_config(ws / "sslall.toml")
+    with ls.client() as client:
+        _, xml = client.find_project(config.labelstudio.project)
+    assert '<Image name="cam" value="$cam"/>' in xml and config_choices(xml) == set(CLASSES)
