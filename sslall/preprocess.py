@@ -108,7 +108,7 @@ def macenko(rgb: np.ndarray, ref: np.ndarray = MACENKO_REF, max_c: np.ndarray = 
     """Re-render the image with the reference stains (Macenko et al. 2009); unchanged when
     fewer than 1 % of its pixels (or fewer than 10) are stained."""
     od = -np.log((rgb.reshape(-1, 3).astype(np.float64) + 1.0) / _IO)
-    tissue = od[(od >= _OD_BETA).all(axis=1)]
+    tissue = od[(od >= _OD_BETA).any(axis=1)]  # any: Romanowsky nuclei pass blue light
     if len(tissue) < max(10, 0.01 * len(od)):
         return rgb
     _, vecs = np.linalg.eigh(np.cov(tissue.T))
@@ -116,11 +116,10 @@ def macenko(rgb: np.ndarray, ref: np.ndarray = MACENKO_REF, max_c: np.ndarray = 
     proj = tissue @ plane
     phi = np.arctan2(proj[:, 1], proj[:, 0])
     lo, hi = np.percentile(phi, _ALPHA), np.percentile(phi, 100 - _ALPHA)
-    v1 = plane @ np.array([np.cos(lo), np.sin(lo)])
-    v2 = plane @ np.array([np.cos(hi), np.sin(hi)])
+    # eigenvectors come with either sign: stain vectors are optical densities, so positive
+    v1, v2 = (_positive(plane @ np.array([np.cos(a), np.sin(a)])) for a in (lo, hi))
+    # haematoxylin first: it absorbs red light more than eosin does
     stains = np.stack([v1, v2], axis=1) if v1[0] > v2[0] else np.stack([v2, v1], axis=1)
-    signs = np.sign(stains.sum(axis=0))
-    stains = stains * np.where(signs == 0, 1.0, signs)  # eigenvectors come with either sign
     conc, *_ = np.linalg.lstsq(stains, od.T, rcond=None)
     top = np.percentile(conc, 99, axis=1)
     if not np.all(np.isfinite(top)) or np.any(top <= 1e-6):
@@ -171,6 +170,10 @@ def mask_cells(rgb: np.ndarray, *, saturation: float = 0.2, hue: tuple[float, fl
         fill = np.array([255.0, 255.0, 255.0])
     out[~mask] = _to_uint8(fill)
     return out
+
+
+def _positive(v: np.ndarray) -> np.ndarray:
+    return -v if v.sum() < 0 else v
 
 
 def _active(cfg: PreprocessConfig) -> bool:
