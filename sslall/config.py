@@ -105,6 +105,14 @@ class PreprocessConfig:
 
 
 @dataclass(frozen=True)
+class IndexConfig:
+    """faiss nearest-neighbour search (kNN agreement, coreset); see `sslall.index`."""
+
+    approx_above: int = 200_000
+    approx: str = "auto"
+
+
+@dataclass(frozen=True)
 class LabelStudioConfig:
     """Where the review queue goes for annotators; `url = ""` means not configured.
 
@@ -132,6 +140,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     labelstudio: LabelStudioConfig = field(default_factory=LabelStudioConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -143,10 +152,12 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "preprocess": PreprocessConfig,
     "labelstudio": LabelStudioConfig,
+    "index": IndexConfig,
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.mode": ("auto", "head", "finetune"),
+    "index.approx": ("auto", "ivf", "hnsw"),
     "model.device": ("auto", "cpu", "cuda", "mps"),
     "train.class_balance": ("sampler", "loss", "none"),
     "pseudo.policy": ("fixed", "adaptive"),
@@ -163,6 +174,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # (low, high, inclusive-low, inclusive-high) for numbers; None = unbounded on that side.
 RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "model.image_size": (16, 1024, True, True),
+    "index.approx_above": (0, None, True, True),
     "model.feature_scales": (0, 4, True, True),
     "train.epochs": (1, None, True, True),
     "train.head_ensemble": (1, 32, True, True),
@@ -254,6 +266,8 @@ KEY_DOCS: dict[str, str] = {
     "labelstudio.batch_size": "tasks per request when pushing and pulling",
     "labelstudio.api_key_file": "file holding the API key; else $LABEL_STUDIO_API_KEY",
     "labelstudio.timeout": "seconds to wait for one answer of the server",
+    "index.approx_above": "kNN searches over more reference rows than this use an approximate index",
+    "index.approx": "the approximate index: auto (= ivf), ivf or hnsw; both store float16",
 }
 
 

@@ -5,9 +5,15 @@ Everything here works on cosine geometry: inputs are copied to float32 and L2-no
 Euclidean distance is ``2 - 2 * cos``. Inputs are never modified.
 
 Search uses an exact `IndexFlatIP` by default. When the reference set has more than
-``approx_above`` rows an approximate index is built instead (HNSW on the CPU, IVF on a GPU because
-faiss has no GPU HNSW). When ``faiss.get_num_gpus() > 0`` the index is moved to the GPU. Queries
-are searched in batches so result memory stays bounded.
+``approx_above`` rows (config `index.approx_above`) an approximate index is built instead:
+IVF by default (`index.approx = "auto"`), HNSW on request. Both store the vectors as float16
+(faiss's scalar quantizer), half of float32, and the reference is normalised and added in
+batches, so no float32 copy of it is made: 10^6 x 512 embeddings take ~1 GiB in the index.
+IVF rather than HNSW by default because a round builds its index once and queries it once: on
+the 2-core reference machine IVF built 100k x 320 clustered embeddings in a third of HNSW's time
+at the same recall (BENCHMARKS.md, "kNN at scale"). When ``faiss.get_num_gpus() > 0`` (extra
+`sslall[gpu]`) the index is moved to the GPU (HNSW stays on the CPU: faiss has no GPU HNSW).
+Queries are searched in batches so result memory stays bounded.
 
 No torch here: this module is numpy + faiss only.
 """
@@ -23,6 +29,7 @@ APPROX_ABOVE = 200_000
 BATCH_SIZE = 65_536
 _GPU_MAX_K = 2048  # faiss GPU k-selection limit; larger k falls back to the CPU
 _APPROX_METHODS = ("auto", "hnsw", "ivf")
+_TRAIN_PER_LIST = 64  # IVF k-means trains on at most this many sampled rows per list
 
 
 def l2_normalize(x: np.ndarray, name: str = "x") -> np.ndarray:
@@ -39,6 +46,15 @@ def l2_normalize(x: np.ndarray, name: str = "x") -> np.ndarray:
     return arr
 
 
+def _as_2d(x: np.ndarray, name: str) -> np.ndarray:
+    """``x`` as an array (no copy of an array or a memory map) after a shape check."""
+    arr = np.asarray(x)
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        raise ValueError(f"{name} must be a 2-D array [rows, dim] with at least one column; "
+                         f"got shape {arr.shape}")
+    return arr
+
+
 def _check_dims(a: np.ndarray, b: np.ndarray, a_name: str, b_name: str) -> None:
     if a.shape[1] != b.shape[1]:
         raise ValueError(
@@ -51,28 +67,43 @@ def _use_gpu(k: int) -> bool:
     return faiss.get_num_gpus() > 0 and k <= _GPU_MAX_K
 
 
-def _build_index(ref: np.ndarray, *, method: str, gpu: bool, k: int) -> tuple:
-    """(index, keep-alive) for unit rows ``ref``; ``method`` is exact, hnsw or ivf."""
-    n, d = ref.shape
-    if method == "hnsw":
-        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+def ivf_lists(n: int) -> tuple[int, int]:
+    """(nlist, nprobe) of the IVF index over n rows: about sqrt(n) lists, 1/16 of them probed
+    (at least 8): enough on clustered embeddings (the benchmark measures the recall)."""
+    nlist = max(1, min(int(math.sqrt(n)), n // 39))
+    return nlist, max(1, min(nlist, max(8, nlist // 16), _GPU_MAX_K))
+
+
+def _build_index(reference: np.ndarray, *, method: str, gpu: bool, k: int, batch_size: int) -> tuple:
+    """(index, keep-alive) over the unit rows of ``reference``; ``method``: exact, hnsw or ivf.
+
+    The approximate indexes store float16 and take the reference a batch at a time."""
+    n, d = reference.shape
+    if method == "exact":
+        index = faiss.IndexFlatIP(d)
+        index.add(l2_normalize(reference, "reference"))
+    elif method == "hnsw":
+        index = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 64
-        index.add(ref)
+        _add_batches(index, reference, batch_size)
         index.hnsw.efSearch = max(128, 2 * k)
         return index, None  # no GPU HNSW in faiss
-    if method == "ivf":
-        nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
-        index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-        index.train(ref)
-        index.add(ref)
-        index.nprobe = max(1, min(nlist, math.ceil(nlist / 4), _GPU_MAX_K))
     else:
-        index = faiss.IndexFlatIP(d)
-        index.add(ref)
+        nlist, nprobe = ivf_lists(n)
+        index = faiss.index_factory(d, f"IVF{nlist},SQfp16", faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(0).choice(n, min(n, _TRAIN_PER_LIST * nlist), replace=False)
+        index.train(l2_normalize(reference[np.sort(sample)], "reference"))
+        _add_batches(index, reference, batch_size)
+        index.nprobe = nprobe
     if gpu:
         res = faiss.StandardGpuResources()
         return faiss.index_cpu_to_gpu(res, 0, index), res
     return index, None
+
+
+def _add_batches(index: faiss.Index, reference: np.ndarray, batch_size: int) -> None:
+    for start in range(0, len(reference), batch_size):
+        index.add(l2_normalize(reference[start : start + batch_size], "reference"))
 
 
 def knn(
@@ -94,7 +125,7 @@ def knn(
         exclude_self: queries are the reference rows themselves (Q == N); drop row i from the
             neighbours of query i, so a point is not its own neighbour.
         approx_above: build an approximate index when N exceeds this (exact below).
-        approx: "auto" (HNSW on CPU, IVF on GPU), "hnsw" or "ivf".
+        approx: "auto" (IVF), "ivf" or "hnsw"; both store float16.
         batch_size: queries searched per faiss call, bounding memory.
 
     Returns:
@@ -108,10 +139,9 @@ def knn(
         raise ValueError(f"batch_size must be >= 1; got {batch_size}")
     if approx not in _APPROX_METHODS:
         raise ValueError(f"approx must be one of {', '.join(_APPROX_METHODS)}; got {approx!r}")
-    ref = l2_normalize(reference, "reference")
-    qry = l2_normalize(queries, "queries")
-    _check_dims(ref, qry, "reference", "queries")
-    n, nq = ref.shape[0], qry.shape[0]
+    reference, queries = _as_2d(reference, "reference"), _as_2d(queries, "queries")
+    _check_dims(reference, queries, "reference", "queries")
+    n, nq = reference.shape[0], queries.shape[0]
     if exclude_self and nq != n:
         raise ValueError(f"exclude_self needs queries == reference rows; got {nq} and {n}")
     k_out = min(k, n - 1 if exclude_self else n)
@@ -121,13 +151,13 @@ def knn(
     gpu = _use_gpu(k_search)
     method = "exact"
     if n > approx_above:
-        method = ("ivf" if gpu else "hnsw") if approx == "auto" else approx
-    index, _keep = _build_index(ref, method=method, gpu=gpu, k=k_search)
+        method = "ivf" if approx == "auto" else approx
+    index, _keep = _build_index(reference, method=method, gpu=gpu, k=k_search, batch_size=batch_size)
     sims = np.empty((nq, k_out), np.float32)
     idx = np.empty((nq, k_out), np.int64)
     for start in range(0, nq, batch_size):
         stop = min(start + batch_size, nq)
-        s, i = index.search(qry[start:stop], k_search)
+        s, i = index.search(l2_normalize(queries[start:stop], "queries"), k_search)
         if exclude_self:
             s, i = _drop_self(s, i, np.arange(start, stop))
         sims[start:stop], idx[start:stop] = s, i
@@ -152,6 +182,8 @@ def knn_agreement(
     *,
     k: int,
     min_fraction: float,
+    approx_above: int = APPROX_ABOVE,
+    approx: str = "auto",
 ) -> np.ndarray:
     """Whether each query's label is shared by enough of its nearest reference neighbours.
 
@@ -162,7 +194,7 @@ def knn_agreement(
 
     Edge cases, decided: ``min_fraction == 0`` means the filter is off and every query passes
     (also with an empty reference); otherwise an empty reference gives all False, since no
-    evidence is not agreement.
+    evidence is not agreement. ``approx_above``/``approx`` as in `knn`.
 
     Returns:
         bool array [Q].
@@ -180,7 +212,7 @@ def knn_agreement(
         return np.ones(n_q, dtype=bool)
     if n_ref == 0:
         return np.zeros(n_q, dtype=bool)
-    _, idx = knn(ref_emb, query_emb, k)
+    _, idx = knn(ref_emb, query_emb, k, approx_above=approx_above, approx=approx)
     found = idx >= 0  # an approximate index may return -1 for a missing neighbour
     agree = (ref_labels[np.maximum(idx, 0)] == query_labels[:, None]) & found
     fraction = agree.sum(axis=1) / np.maximum(found.sum(axis=1), 1)
@@ -216,14 +248,16 @@ def kmeans(
     return np.asarray(km.centroids, np.float32), assign[:, 0].astype(np.int64)
 
 
-def k_center_greedy(pool_emb: np.ndarray, center_emb: np.ndarray | None, budget: int) -> np.ndarray:
+def k_center_greedy(pool_emb: np.ndarray, center_emb: np.ndarray | None, budget: int, *,
+                    approx_above: int = APPROX_ABOVE) -> np.ndarray:
     """Greedy k-center (core-set, Sener & Savarese, ICLR 2018): indices into ``pool_emb``.
 
     Repeatedly picks the pool point farthest (cosine geometry) from its nearest centre and makes
     it a centre. Initial nearest-centre distances come from faiss; each pick then updates them
     with one numpy pass, O(N * D). Without centres (None or zero rows) the first pick is the
     point farthest from the pool mean. Ties go to the lowest index, so the result is
-    deterministic. ``budget`` is clipped to the pool size.
+    deterministic. ``budget`` is clipped to the pool size. More centres than ``approx_above``
+    are searched with an approximate index (see `knn`).
     """
     if budget < 1:
         raise ValueError(f"budget must be >= 1; got {budget}")
@@ -235,7 +269,7 @@ def k_center_greedy(pool_emb: np.ndarray, center_emb: np.ndarray | None, budget:
     if center_emb is not None and np.shape(center_emb)[0] > 0:
         centers = l2_normalize(center_emb, "center_emb")
         _check_dims(pool, centers, "pool_emb", "center_emb")
-        sims, _ = knn(centers, pool, 1)
+        sims, _ = knn(centers, pool, 1, approx_above=approx_above)
         min_dist = 2.0 - 2.0 * np.clip(sims[:, 0].astype(np.float64), -1.0, 1.0)
     else:
         mean = pool.mean(axis=0, dtype=np.float64)

@@ -74,7 +74,8 @@ def decide_pseudo_labels(config: Config, snapshot: Snapshot, probs: np.ndarray,
         if cfg.knn_agreement > 0 and keep.any():
             agree = knn_agreement(embeddings[human], labels[human], embeddings[candidates[keep]],
                                   probs[candidates[keep]].argmax(1), k=cfg.knn_k,
-                                  min_fraction=cfg.knn_agreement)
+                                  min_fraction=cfg.knn_agreement,
+                                  approx_above=config.index.approx_above, approx=config.index.approx)
             keep[np.flatnonzero(keep)[~agree]] = False
         selected[candidates[keep]] = True
     else:
@@ -121,6 +122,7 @@ def decide_routing(config: Config, snapshot: Snapshot, probs: np.ndarray, scores
             probs=probs[pool], embeddings=scores.embeddings[pool],
             labeled_embeddings=scores.embeddings[known],
             mc_probs=None if scores.mc_probs is None else scores.mc_probs[:, pool], rng=rng,
+            approx_above=config.index.approx_above,
         )
         review_rows = pool[acquire(config.route.strategy, budget, ctx,
                                    diversity=config.route.diversity)]

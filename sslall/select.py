@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sslall.index import k_center_greedy, kmeans, l2_normalize, typical_cluster_points
+from sslall.index import APPROX_ABOVE, k_center_greedy, kmeans, l2_normalize, typical_cluster_points
 
 PolicyFn = Callable[..., np.ndarray]
 ScoreFn = Callable[["AcquisitionContext"], np.ndarray]
@@ -218,7 +218,8 @@ class AcquisitionContext:
 
     probs [N, C] calibrated probabilities; embeddings [N, D] of the same cells;
     labeled_embeddings [M, D] of the labeled cells; mc_probs [T, N, C] Monte-Carlo dropout
-    samples (for BALD); rng for the `random` strategy.
+    samples (for BALD); rng for the `random` strategy; approx_above: kNN searches over more
+    labeled rows than this use an approximate index (config `index.approx_above`).
     """
 
     probs: np.ndarray
@@ -226,6 +227,7 @@ class AcquisitionContext:
     labeled_embeddings: np.ndarray | None = None
     mc_probs: np.ndarray | None = None
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    approx_above: int = APPROX_ABOVE
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
@@ -278,7 +280,7 @@ def random_scores(ctx: AcquisitionContext) -> np.ndarray:
 def coreset(ctx: AcquisitionContext, budget: int) -> np.ndarray:
     """Greedy k-center over embeddings with the labeled cells as centres (Sener & Savarese 2018)."""
     emb = _need(ctx.embeddings, "coreset", "embeddings [N, D]")
-    return k_center_greedy(emb, ctx.labeled_embeddings, budget)
+    return k_center_greedy(emb, ctx.labeled_embeddings, budget, approx_above=ctx.approx_above)
 
 
 @register_strategy("typiclust", batch=True)
