@@ -63,7 +63,8 @@ class CompareResult:
         lines = []
         for r in self.rows:
             if r.get("error"):
-                lines.append(f"| {r['backbone']} | not run: {r['error']} | | | | | |")
+                reason = r["error"].split(";")[0]  # the hint after ';' is in compare.json
+                lines.append(f"| {r['backbone']} | not run: {reason} | | | | | |")
                 continue
             per = " / ".join(f"{v:.3f}" for v in r["per_class_f1"].values())
             lines.append(f"| {r['backbone']} | {r['accuracy']:.3f} | {r['macro_f1']:.3f} | {per} "
