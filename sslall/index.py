@@ -91,6 +91,7 @@ def _build_index(reference: np.ndarray, *, method: str, gpu: bool, k: int, batch
     else:
         nlist, nprobe = ivf_lists(n)
         index = faiss.index_factory(d, f"IVF{nlist},SQfp16", faiss.METRIC_INNER_PRODUCT)
+        faiss.extract_index_ivf(index).cp.niter = 10  # k-means of the lists: 10 rounds suffice
         sample = np.random.default_rng(0).choice(n, min(n, _TRAIN_PER_LIST * nlist), replace=False)
         index.train(l2_normalize(reference[np.sort(sample)], "reference"))
         _add_batches(index, reference, batch_size)
