@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +39,27 @@ def paused(args: list, point: str, marker: Path, *, timeout: float = 300) -> sub
         proc.kill()
         raise AssertionError(f"sslall {args[0]} never reached {point}: {proc.communicate()}")
     return proc
+
+
+def headless_chromium(*extra_args: str):
+    """A headless Chromium (selenium webdriver); the caller quits it. Fails when chromium or its
+    driver is missing; skips only when SSLALL_SKIP_BROWSER is set."""
+    if os.environ.get("SSLALL_SKIP_BROWSER"):
+        pytest.skip("SSLALL_SKIP_BROWSER is set")
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.fail("chromium + chromium-driver are not installed: `make browser` (as root) "
+                    "installs them, or set SSLALL_SKIP_BROWSER=1")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,900", *extra_args):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=Service(driver))
 
 
 def write_image(path: Path, seed: int, size: int = 24, mode: str = "RGB", fmt: str | None = None

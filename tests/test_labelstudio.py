@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import CLASSES, invoke, paused, sslall, write_image
+from conftest import CLASSES, headless_chromium, invoke, paused, sslall, write_image
 
 from sslall import labelstudio_records as records
 from sslall.config import Config, LabelStudioConfig, load_config
@@ -528,15 +528,6 @@ def test_server_killed_in_the_middle_of_a_push_and_restarted(ls_template: Path, 
 
 
 def test_an_annotator_sees_the_cell_in_chromium(ls: Server, tmp_path: Path, runner) -> None:
-    if os.environ.get("SSLALL_SKIP_BROWSER"):
-        pytest.skip("SSLALL_SKIP_BROWSER is set")
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.fail("chromium + chromium-driver are not installed: `make browser` (as root) "
-                    "installs them, or set SSLALL_SKIP_BROWSER=1")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -545,12 +536,7 @@ def test_an_annotator_sees_the_cell_in_chromium(ls: Server, tmp_path: Path, runn
     task = task_ids(ls, ws)[ids[0]]
     project = json.loads(invoke(runner, "label", "status", "-w", ws, "--json").stdout)["project_id"]
     creds = json.loads((ls.data_dir / "sslall-credentials.json").read_text())
-    options = Options()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,900"):
-        options.add_argument(arg)
-    browser = webdriver.Chrome(options=options, service=Service(driver))
+    browser = headless_chromium()
     try:
         browser.get(f"{ls.url}/user/login/")
         browser.find_element(By.NAME, "email").send_keys(creds["username"])

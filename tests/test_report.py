@@ -5,14 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import invoke
+from conftest import headless_chromium, invoke
 from PIL import Image
 from test_rounds import build_workspace
 
@@ -92,24 +91,9 @@ def test_report_before_any_round_and_bad_flags(tmp_path: Path, runner) -> None:
     assert bad.exit_code == 2 and "--per-class" in bad.output
 
 
-def test_every_image_loads_in_chromium(reported, tmp_path: Path) -> None:
-    if os.environ.get("SSLALL_SKIP_BROWSER"):
-        pytest.skip("SSLALL_SKIP_BROWSER is set")
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.fail("chromium + chromium-driver are not installed: `make browser` (as root) "
-                    "installs them, or set SSLALL_SKIP_BROWSER=1")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
+def test_every_image_loads_in_chromium(reported) -> None:
     _, out = reported
-    options = Options()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,900", "--proxy-server=127.0.0.1:9"):  # no network
-        options.add_argument(arg)
-    browser = webdriver.Chrome(options=options, service=Service(driver))
+    browser = headless_chromium("--proxy-server=127.0.0.1:9")  # no network
     try:
         browser.get(out.as_uri())
         images = browser.execute_script(
