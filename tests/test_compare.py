@@ -46,11 +46,17 @@ def test_compare_two_backbones_on_the_same_split(tmp_path: Path, runner, monkeyp
     assert table.count("\n| ") == 2 and "| test_resnet |" in table
     assert "9 train / 3 validation / 6 test images" in result.stdout
 
-    # pretrained weights offline: that backbone is reported as not run, the others still run
-    offline = invoke(runner, "compare", "--backbones", "baseline-cnn,resnet18", "--data", data,
+    # a workspace's labeled pool, pretrained weights offline: that backbone is reported as not
+    # run, the others still run
+    ws = tmp_path / "ws"
+    assert invoke(runner, "init", ws, "--classes", ",".join(CLASSES)).exit_code == 0
+    assert invoke(runner, "add", "labeled", data, "-w", ws, "--workers", "1").exit_code == 0
+    offline = invoke(runner, "compare", "--backbones", "baseline-cnn,resnet18", "-w", ws,
                      "--epochs", "1", "--image-size", "32", "--out", out, "--json")
     assert offline.exit_code == 0, offline.output
-    rows = json.loads((out / "compare.json").read_text())["backbones"]
+    report = json.loads((out / "compare.json").read_text())
+    assert report["setup"]["images"] == 18 and report["setup"]["test"] == 6
+    rows = report["backbones"]
     assert "error" not in rows[0] and "offline mode is on" in rows[1]["error"]
 
 
