@@ -488,6 +488,92 @@ def test_round_completes_when_the_server_hangs_and_catches_up_later(ls: Server, 
     assert_store_ok(ws)
 
 
+def test_round_killed_in_its_pull_and_its_push_and_status_while_it_runs(ls: Server,
+                                                                        tmp_path: Path,
+                                                                        runner) -> None:
+    """`sslall round` SIGKILLed inside its pull (before the round's commit: the pools are as
+    they were) and inside its push (after the commit: the round stands and the next push
+    recovers); `sslall status` and `sslall label status` answer while a round runs."""
+    import signal as sig
+
+    from test_rounds import build_workspace, sample_rows
+
+    ws = build_workspace(tmp_path, runner)
+    config = ws / "sslall.toml"
+    config.write_text(config.read_text() + f'\n[labelstudio]\nurl = "{ls.url}"\nproject = '
+                      f'"kill {tmp_path.name}"\napi_key_file = "{ls.key_file}"\n'
+                      f'document_root = "{ls.root}"\n')
+    marker = tmp_path / "paused"
+    proc = paused(["round", "-w", ws], "train", marker)
+    label_status = sslall("label", "status", "-w", ws, "--json")
+    status = sslall("status", "-w", ws, "--json")
+    marker.unlink()
+    proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    assert label_status.returncode == 0, label_status.stderr
+    assert json.loads(label_status.stdout)["total"]["queued"] == 0
+    assert json.loads(status.stdout)["running"]["pid"] == proc.pid
+    tasks = task_ids(ls, ws)
+    assert len(tasks) == 4
+
+    sdk = ls.sdk
+    for task in list(tasks.values())[:2]:
+        sdk.annotations.create(id=task, result=choice_result("L1"))
+    before = sample_rows(ws)
+    proc = paused(["round", "-w", ws], "labelstudio-pull", marker)
+    os.kill(proc.pid, sig.SIGKILL)
+    proc.communicate()
+    assert sample_rows(ws) == before
+    assert sslall("check", "-w", ws).returncode == 0
+
+    marker.unlink()
+    proc = paused(["round", "-w", ws], "labelstudio-push", marker)
+    os.kill(proc.pid, sig.SIGKILL)
+    proc.communicate()
+    with PoolStore(ws / "pools" / "pools.db") as store:
+        assert store.last_round() == 2                   # the push comes after the commit
+    assert sslall("check", "-w", ws).returncode == 0
+    report = json.loads(invoke(runner, "label", "push", "-w", ws, "--json").stdout)
+    assert report["recovered"] > 0 and report["recovered"] + report["pushed"] == 4
+    review = {s for s, p, _ in sample_rows(ws) if p == "review"}
+    assert review <= set(task_ids(ls, ws))     # every review cell has one task, none has two
+    again = sslall("round", "-w", ws)
+    assert again.returncode == 0, again.stderr
+    assert_store_ok(ws)
+
+
+def test_review_images_outside_the_document_root_are_refused(ls: Server, tmp_path: Path,
+                                                             runner) -> None:
+    import tempfile
+
+    ws, _ = review_ws(tmp_path, ls, n=1)
+    outside = Path(tempfile.mkdtemp(prefix="sslall-outside-"))
+    try:
+        path = write_image(outside / "sub" / "x.png", 4321, size=20)
+        with PoolStore(ws / "pools" / "pools.db") as store:
+            store.add_samples([NewSample(sha256_file(path), str(path), "unlabeled")])
+            store.apply_moves([Move(sha256_file(path), "review", from_pool="unlabeled",
+                                    prediction="L1", confidence=0.5)], round_no=1)
+        result = invoke(runner, "label", "push", "-w", ws)
+        assert result.exit_code == 2
+        assert "not inside a sub-folder of labelstudio.document_root" in result.stderr
+        assert server_tasks(ls, ws) == []
+    finally:
+        shutil.rmtree(outside)
+
+
+def test_no_process_has_the_api_key_in_its_arguments(ls: Server) -> None:
+    """The server was started by `labelstudio_server.start`: the key went through its
+    environment; no command line on this machine (which any user may read) holds it."""
+    key = ls.key.encode()
+    assert key in Path(f"/proc/{ls.proc.pid}/environ").read_bytes()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            assert key not in cmdline.read_bytes(), cmdline
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+
+
 def test_server_killed_in_the_middle_of_a_push_and_restarted(ls_template: Path, tmp_path: Path,
                                                              tmp_path_factory, runner) -> None:
     from sslall.labelstudio_server import free_port

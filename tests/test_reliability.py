@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import invoke, paused, sslall, write_image
-from test_rounds import build_workspace, copy_ws
+from test_rounds import build_workspace, copy_ws, sample_rows
 
 from sslall.pools import PoolStore
 
@@ -29,12 +29,6 @@ def template(tmp_path_factory) -> Path:
     from typer.testing import CliRunner
 
     return build_workspace(tmp_path_factory.mktemp("reliability"), CliRunner())
-
-
-def store_rows(ws: Path) -> list[tuple]:
-    """Every sample as (id, pool, label): equal lists mean nothing was lost, doubled or moved."""
-    with PoolStore(ws / "pools" / "pools.db") as store:
-        return sorted(store.conn.execute("SELECT id, pool, label FROM samples").fetchall())
 
 
 def one_error_line(proc) -> str:
@@ -54,7 +48,7 @@ def assert_sound(ws: Path) -> None:
 def test_status_answers_while_a_round_runs_and_a_killed_holder_never_blocks(
         template: Path, tmp_path: Path) -> None:
     ws = copy_ws(template, tmp_path)
-    before = store_rows(ws)
+    before = sample_rows(ws)
     proc = paused(["round", "-w", ws], "train", tmp_path / "paused")
     started = time.monotonic()
     status = sslall("status", "-w", ws, "--json")
@@ -72,7 +66,7 @@ def test_status_answers_while_a_round_runs_and_a_killed_holder_never_blocks(
     # The dead holder's note is still in the lock file, but the kernel dropped its flock.
     assert json.loads((ws / ".lock").read_text())["pid"] == proc.pid
     assert json.loads(sslall("status", "-w", ws, "--json").stdout)["running"] is None
-    assert store_rows(ws) == before
+    assert sample_rows(ws) == before
     again = sslall("--quiet", "round", "-w", ws)
     assert again.returncode == 0, again.stderr
     assert_sound(ws)
@@ -171,7 +165,7 @@ def test_disk_full_while_a_round_writes_its_checkpoint(template: Path, tmp_path:
     _mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk))
     try:
         ws = copy_ws(template, disk)
-        before = store_rows(ws)
+        before = sample_rows(ws)
         marker = tmp_path / "paused"
         proc = paused(["--quiet", "round", "-w", ws], "record", marker)
         filler = _fill(disk)
@@ -180,7 +174,7 @@ def test_disk_full_while_a_round_writes_its_checkpoint(template: Path, tmp_path:
         line = one_error_line(failed)
         assert "round 1 failed and was not recorded (No space left on device" in line, line
         assert "the pools are unchanged" in line
-        assert store_rows(ws) == before
+        assert sample_rows(ws) == before
         assert not [p for p in (ws / "runs").iterdir()], "a half-written round folder was kept"
         assert_sound(ws)
         filler.unlink()
@@ -196,12 +190,12 @@ def test_read_only_workspace_before_and_while_a_round_writes(template: Path,
     if os.geteuid() == 0:
         _root_mounts_or_skip(tmp_path)
     ws = copy_ws(template, tmp_path)
-    before = store_rows(ws)
+    before = sample_rows(ws)
     with read_only(ws):
         refused = sslall("round", "-w", ws)
         assert refused.returncode == 1
         assert "cannot open the round lock" in one_error_line(refused)
-    assert store_rows(ws) == before
+    assert sample_rows(ws) == before
 
     marker = tmp_path / "paused"
     proc = paused(["--quiet", "round", "-w", ws], "train", marker)
@@ -212,7 +206,7 @@ def test_read_only_workspace_before_and_while_a_round_writes(template: Path,
     line = one_error_line(failed)
     assert "round 1 failed and was not recorded" in line, line
     assert "Read-only file system" in line or "Permission denied" in line, line
-    assert store_rows(ws) == before
+    assert sample_rows(ws) == before
     assert_sound(ws)
     again = sslall("--quiet", "round", "-w", ws)
     assert again.returncode == 0, again.stderr

@@ -75,6 +75,12 @@ def pools_of(ws: Path) -> dict[str, int]:
         return store.pool_sizes()
 
 
+def sample_rows(ws: Path) -> list[tuple]:
+    """Every sample as (id, pool, label), sorted."""
+    with PoolStore(ws / "pools" / "pools.db") as store:
+        return sorted(store.conn.execute("SELECT id, pool, label FROM samples").fetchall())
+
+
 def test_round_end_to_end(tiny_ws: Path, runner) -> None:
     before = pools_of(tiny_ws)
     result = invoke(runner, "round", "-w", tiny_ws, "--json")
@@ -168,12 +174,13 @@ def test_bad_flags_are_one_line(tiny_ws: Path, runner) -> None:
 def test_round_killed_at_any_point_leaves_the_pools_as_they_were(tmp_path: Path, runner,
                                                                 point: str) -> None:
     ws = build_workspace(tmp_path, runner)
-    before = pools_of(ws)
+    before, rows = pools_of(ws), sample_rows(ws)
     marker = tmp_path / "paused"
     proc = paused(["round", "-w", ws], point, marker)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert pools_of(ws) == before
+    assert sample_rows(ws) == rows      # no sample lost, doubled, moved or relabelled
     check = sslall("check", "-w", ws)
     assert check.returncode == 0, check.stdout
     again = sslall("round", "-w", ws)
