@@ -115,6 +115,7 @@ def round_cmd(
 
     ws, config = open_workspace(workspace)
     config = round_config(config, threshold, policy, strategy, budget, route, mode, device)
+    _refuse_if_busy(ws)
     if nproc != 1:
         raise typer.Exit(_launch(nproc))
     dist = _join(config)
@@ -166,6 +167,23 @@ def run_cmd(
         return
     if json_out:
         print_json(results)
+
+
+def _refuse_if_busy(ws) -> None:
+    """Exit 75 before loading torch when another round holds the lock (a scheduled job on a busy
+    workspace answers in a fraction of a second). Only a shortcut: rank 0 still takes the lock.
+    Skipped under torchrun, where every rank must reach the same place."""
+    import os
+
+    from sslall.errors import LockBusy
+    from sslall.workspace import lock_is_held, read_lock_holder
+
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1") and lock_is_held(ws):
+        from sslall.distributed import record_exit_code
+
+        holder = read_lock_holder(ws)
+        record_exit_code(LockBusy.exit_code)  # torchrun --nproc_per_node 1 reports 1 otherwise
+        raise LockBusy(holder.get("pid"), holder.get("started"), holder.get("command"))
 
 
 def _launch(nproc: int) -> int:

@@ -24,7 +24,7 @@ import pytest
 from conftest import sslall
 from test_rounds import build_workspace
 
-from sslall.distributed import DealtSampler, shard_bounds
+from sslall.distributed import ENV_EXIT_FILE, DealtSampler, shard_bounds
 from sslall.pools import PoolStore
 from sslall.workspace import Workspace, round_lock
 
@@ -67,12 +67,12 @@ def predictions(ws: Path) -> dict[str, dict]:
         return {row["sample_id"]: row for row in csv.DictReader(handle)}
 
 
-def torchrun(*args: object) -> subprocess.CompletedProcess:
+def torchrun(*args: object, env: dict | None = None) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node 2 -m sslall ARGS`, as a deploy script would write it."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "sslall", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 @pytest.mark.slow
@@ -98,11 +98,12 @@ def test_finetune_round_on_two_ranks_matches_one_process(template: Path, tmp_pat
 def test_head_round_under_torchrun_is_exact_and_only_rank_0_writes(template: Path,
                                                                      tmp_path: Path) -> None:
     one, two = copy(template, tmp_path / "one"), copy(template, tmp_path / "two")
-    # a second round is refused on every rank with the lock's code, and nobody waits
+    # a second round is refused on every rank, rank 0 leaves its code (75) for the launcher
+    exit_file = tmp_path / "exit-code"
     with round_lock(Workspace(two), "sslall round"):
-        busy = sslall("round", "-w", two, "--nproc", "2")
-    assert busy.returncode == 75, busy.stderr[-2000:]
-    assert "already running" in busy.stderr
+        busy = torchrun("round", "-w", two, env={ENV_EXIT_FILE: str(exit_file)})
+    assert busy.returncode != 0 and exit_file.read_text().strip() == "75", busy.stderr[-2000:]
+    assert "rank 0: sslall round is already running" in busy.stderr  # rank 1 says it too
     single = round_json(sslall("round", "-w", one, "--json"))
     ddp = round_json(torchrun("round", "-w", two, "--json"))
     assert ddp["moves"] == single["moves"]
