@@ -268,9 +268,12 @@ def extract_features(
             store.put(pending_ids, np.concatenate(pending))
             pending = []
         if dist is not None:  # rank 0 passes nothing: its own shard is in the cache already
+
+            def cache_rows(at: int, rows: np.ndarray) -> None:  # the others' shards follow rank 0's
+                store.put(todo_ids[hi + at : hi + at + len(rows)], rows)
+
             mine = np.concatenate(pending) if pending else np.zeros((0, 1), np.float32)
-            gather_rows(dist, mine, lambda at, rows: store.put(todo_ids[hi + at : hi + at + len(rows)], rows)
-                        if store is not None else None)
+            gather_rows(dist, mine, cache_rows if store is not None else None)
     if store is None:
         return np.zeros((0, backbone.num_features), np.float32)
     dim = store.dim if store.dim is not None else backbone.num_features
