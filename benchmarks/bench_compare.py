@@ -88,6 +88,16 @@ def main() -> None:
              f"each fail in one line instead of a 3 s probe): {', '.join(missing)}. "
              "With a weights file (`weights = \"file.safetensors\"`) or a Hugging Face cache "
              "they run like tf_efficientnet_lite0."] if missing else []
+    collapsed = [r["backbone"] for r in rnd["backbones"] if "error" not in r
+                 and r["macro_f1"] < 0.3]
+    if collapsed:
+        notes.append(f"Random-weight features of {', '.join(collapsed)} carry next to nothing "
+                     "(the heads end up predicting about one class): a deep stack of randomly "
+                     "initialised blocks washes the input out; ResNet's identity shortcuts and "
+                     "the shallow baseline-cnn keep some of it.")
+    notes.append("The machine was shared while this ran (see the load average below): absolute "
+                 "images/s are low and noisy; compare backbones within one table, measured "
+                 "back to back.")
     write_section("compare", "Backbones compared: `sslall compare` on all-taleqani", body,
                   quick=args.quick, notes=notes)
     emit({"pretrained": pre, "random": rnd, "seconds": {"pretrained": pre_s, "random": rnd_s}})
