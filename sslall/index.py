@@ -77,11 +77,11 @@ def ivf_lists(n: int) -> tuple[int, int]:
 def _build_index(reference: np.ndarray, *, method: str, gpu: bool, k: int, batch_size: int) -> tuple:
     """(index, keep-alive) over the unit rows of ``reference``; ``method``: exact, hnsw or ivf.
 
-    The approximate indexes store float16 and take the reference a batch at a time."""
+    Every index takes the reference a batch at a time; the approximate ones store float16."""
     n, d = reference.shape
     if method == "exact":
         index = faiss.IndexFlatIP(d)
-        index.add(l2_normalize(reference, "reference"))
+        _add_batches(index, reference, batch_size)
     elif method == "hnsw":
         index = faiss.IndexHNSWSQ(d, faiss.ScalarQuantizer.QT_fp16, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 64
