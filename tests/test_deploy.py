@@ -93,13 +93,15 @@ def test_overlapping_scheduled_rounds_through_the_real_lock(tmp_path: Path, runn
         assert second.returncode == 75
         assert second.stdout == "" and second.stderr.count("\n") == 1
         assert "already running" in second.stderr
-        # the Slurm script, run by bash here (torchrun on 1 process), exits 75 as well
+        # the Slurm script, run by bash here: torchrun, 2 processes on the CPU (gloo); rank 0
+        # finds the lock busy, rank 1 hears it from rank 0, the script exits with rank 0's 75
         venv = Path(sys.executable).parent.parent
         env = {**os.environ, "SSLALL_WORKSPACE": str(ws), "SSLALL_VENV": str(venv),
-               "SLURM_GPUS_ON_NODE": "1"}
+               "SLURM_GPUS_ON_NODE": "2", "SLURM_CPUS_PER_TASK": "2"}
         slurm = subprocess.run(["bash", str(DEPLOY / "slurm-round.sbatch")], capture_output=True,
                                text=True, env=env, timeout=300)
         assert slurm.returncode == 75, slurm.stderr[-2000:]
+        assert "rank 0: sslall round is already running" in slurm.stderr  # said by rank 1
     finally:
         marker.unlink(missing_ok=True)  # let the first round go on
     out, err = first.communicate(timeout=300)
