@@ -616,7 +616,6 @@ def test_server_killed_in_the_middle_of_a_push_and_restarted(ls_template: Path, 
 def test_an_annotator_sees_the_cell_in_chromium(ls: Server, tmp_path: Path, runner) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-
     from test_explain import make_checkpoint
 
     ws, ids = review_ws(tmp_path, ls, n=1)
