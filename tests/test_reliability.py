@@ -20,14 +20,13 @@ from pathlib import Path
 import pytest
 from conftest import invoke, paused, sslall, write_image
 from test_rounds import build_workspace, copy_ws, sample_rows
+from typer.testing import CliRunner
 
 from sslall.pools import PoolStore
 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
-    from typer.testing import CliRunner
-
     return build_workspace(tmp_path_factory.mktemp("reliability"), CliRunner())
 
 
@@ -41,8 +40,15 @@ def one_error_line(proc) -> str:
 
 
 def assert_sound(ws: Path) -> None:
-    check = sslall("check", "-w", ws)
-    assert check.returncode == 0, check.stdout + check.stderr
+    """`sslall check` passes (in-process: only the commands being killed need a process)."""
+    check = invoke(CliRunner(), "check", "-w", ws)
+    assert check.exit_code == 0, check.stdout + check.stderr
+
+
+def next_round_completes(ws: Path) -> None:
+    again = invoke(CliRunner(), "--quiet", "round", "-w", ws)
+    assert again.exit_code == 0, again.stderr
+    assert_sound(ws)
 
 
 def test_status_answers_while_a_round_runs_and_a_killed_holder_never_blocks(
@@ -67,9 +73,7 @@ def test_status_answers_while_a_round_runs_and_a_killed_holder_never_blocks(
     assert json.loads((ws / ".lock").read_text())["pid"] == proc.pid
     assert json.loads(sslall("status", "-w", ws, "--json").stdout)["running"] is None
     assert sample_rows(ws) == before
-    again = sslall("--quiet", "round", "-w", ws)
-    assert again.returncode == 0, again.stderr
-    assert_sound(ws)
+    next_round_completes(ws)
 
 
 def test_edited_and_deleted_files_are_quarantined_and_never_trained_on(
@@ -94,7 +98,7 @@ def test_edited_and_deleted_files_are_quarantined_and_never_trained_on(
     with (ws / "runs" / "round-0001" / "predictions.csv").open() as handle:
         rows = [r for r in csv.DictReader(handle) if r["sample_id"] in (edited.id, deleted.id)]
     assert [(r["routed_to"], r["prediction"]) for r in rows] == [("quarantine", "")] * 2
-    assert sslall("check", "-w", ws).returncode == 0
+    assert_sound(ws)
 
 
 # -- a disk that fills up or turns read-only ------------------------------------------------
@@ -178,9 +182,7 @@ def test_disk_full_while_a_round_writes_its_checkpoint(template: Path, tmp_path:
         assert not [p for p in (ws / "runs").iterdir()], "a half-written round folder was kept"
         assert_sound(ws)
         filler.unlink()
-        again = sslall("--quiet", "round", "-w", ws)
-        assert again.returncode == 0, again.stderr
-        assert_sound(ws)
+        next_round_completes(ws)
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=True)
 
@@ -208,9 +210,7 @@ def test_read_only_workspace_before_and_while_a_round_writes(template: Path,
     assert "Read-only file system" in line or "Permission denied" in line, line
     assert sample_rows(ws) == before
     assert_sound(ws)
-    again = sslall("--quiet", "round", "-w", ws)
-    assert again.returncode == 0, again.stderr
-    assert_sound(ws)
+    next_round_completes(ws)
 
 
 # -- security ---------------------------------------------------------------------------------
