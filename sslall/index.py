@@ -41,7 +41,7 @@ def l2_normalize(x: np.ndarray, name: str = "x") -> np.ndarray:
         raise ValueError(f"{name} must have at least one column; got shape {arr.shape}")
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} contains NaN or infinite values")
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    norms = np.sqrt(np.einsum("ij,ij->i", arr, arr))[:, None]  # no [N, D] temporary, unlike norm()
     np.divide(arr, norms, out=arr, where=norms > 0)
     return arr
 
