@@ -6,18 +6,18 @@ is ~0.7 from its centre and clusters overlap a little), each cluster one of 8 cl
 structure real cell embeddings have, not uniform noise (on which any IVF index needs far more
 probes). Everything is measured side by side in one run, on the same arrays:
 
-- kNN agreement (the pseudo-label filter; k = 10, 70 % must agree): 10^4 candidate rows
+- kNN agreement (the pseudo-label filter; k = 10, 70 % must agree): 2,000 candidate rows
   (fresh draws of the mixture, 10 % with a wrong label) against the 10^6 reference rows.
   sslall's default path (`sslall.index.knn_agreement`, above `index.approx_above` = 200k rows:
   IVF, float16 storage), the same function with the exact index (`IndexFlatIP`), and
   scikit-learn `NearestNeighbors(algorithm="brute", metric="cosine")` with the same agreement
   rule. Recall@10 of the approximate neighbours against scikit-learn's exact ones, and how many
   pass/fail decisions differ.
-- Coreset (greedy k-center, budget 100) with 10^4 labeled rows as the initial centres:
-  `sslall.index.k_center_greedy` on all 10^6 rows (its centre search is exact faiss: 10^4 centres
-  is below `approx_above`); and on a stated subset of the pool, the same against a scikit-learn
+- Coreset (greedy k-center, budget 100) with 2,000 labeled rows as the initial centres:
+  `sslall.index.k_center_greedy` on all 10^6 rows (its centre search is exact faiss: 2,000
+  centres is below `approx_above`); and on a 5*10^4-row subset of the pool, the same against a scikit-learn
   version (brute-force nearest centre, then the same greedy numpy loop), picks compared.
-- IVF vs HNSW (both float16) on a 2*10^5-row subset: build + search time and recall, the
+- IVF vs HNSW (both float16) on a 10^5-row subset: build + search time and recall, the
   reason `index.approx = "auto"` is IVF.
 
 Peak RSS is sampled every 0.2 s during each step (`_proc.TreeSampler`); the baseline is the
@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _proc  # noqa: E402
 import _report  # noqa: E402
 
-SIZES = {  # full / --quick
-    "n": (1_000_000, 100_000), "queries": (10_000, 2_000), "labeled": (10_000, 1_000),
-    "subset": (100_000, 20_000), "hnsw_n": (200_000, 20_000),
+SIZES = {  # full / --quick; queries and centres are 2,000, not 10^4, to fit a shared 2-core VM
+    "n": (1_000_000, 100_000), "queries": (2_000, 500), "labeled": (2_000, 500),
+    "subset": (50_000, 10_000), "hnsw_n": (100_000, 10_000),
 }
 DIM, CLUSTERS, CLASSES, NOISE = 320, 100, 8, 0.04
 K, MIN_FRACTION, BUDGET, WRONG = 10, 0.7, 100, 0.1
