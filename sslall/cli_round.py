@@ -107,7 +107,7 @@ def round_cmd(
     route to review, record. Exits 75 at once if another round holds the workspace.
 
     \b
-    Examples:
+    Example:
       sslall round --threshold 0.9 --policy adaptive --strategy margin --budget 20
       sslall round --nproc 4        (or: torchrun --nproc_per_node 4 -m sslall round)
     """
