@@ -148,7 +148,11 @@ def main() -> None:
     notes = ["One split and one seed: differences of a few test images are within noise "
              f"(one test image is {100 / setup['test']:.1f} % of accuracy).",
              "Before/after pictures of each step (synthetic cell) are in README.md "
-             "(docs/preprocess-*.png)."]
+             "(docs/preprocess-*.png).",
+             "`none` is the same subset, split and seed as tf_efficientnet_lite0 in \"Backbones "
+             "compared\" (at the same per-class size), so its row reproduces that one.",
+             "`train img/s` follows the machine's load more than the variant (the load fell "
+             "during the run); `ms/image` is the cost of the step itself."]
     write_section("preprocess", "Preprocessing compared: `[preprocess]` on all-taleqani", body,
                   quick=args.quick, notes=notes)
     emit({"results": results, "ms_per_image": cost, "env": {"SSLALL_OFFLINE":
