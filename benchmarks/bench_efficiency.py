@@ -206,8 +206,9 @@ def part_thresholds(runner: Runner, seeds: list[int]) -> tuple[str, list[dict]]:
                     config = with_overrides(prep.config, pseudo={"threshold": t, "policy": policy,
                                                                  "knn_agreement": knn})
                     sel = decide_pseudo_labels(config, snapshot, probs, scores.embeddings).selected
-                    right = probs[sel].argmax(1) == truth[sel]
-                    per_class = [right[truth[sel] == k].mean() if (truth[sel] == k).any() else None
+                    pseudo = probs[sel].argmax(1)
+                    right = pseudo == truth[sel]
+                    per_class = [right[pseudo == k].mean() if (pseudo == k).any() else None
                                  for k in range(len(prep.config.classes))]
                     out.append({"seed": seed, "policy": policy, "knn": knn, "threshold": t,
                                 "coverage": float(sel.sum() / unlabeled.sum()),
@@ -231,8 +232,8 @@ def part_thresholds(runner: Runner, seeds: list[int]) -> tuple[str, list[dict]]:
         "per seed (trained and calibrated as the round does), then the round's own pseudo-label "
         "selection (`decide_pseudo_labels`, class caps on) at each setting. Precision = share of "
         "the selected cells whose pseudo label is right; coverage = share of the unlabeled pool "
-        "selected; \"worst class\" = the lowest per-class precision over seeds; \"classes with "
-        "none\" = (class, seed) pairs that got no pseudo label.", "",
+        "selected; \"worst class\" = the lowest precision of one class's pseudo labels over "
+        "classes and seeds; \"classes with none\" = (class, seed) pairs that got no pseudo label.", "",
         table(["policy", "kNN filter", "threshold", "precision", "worst class", "coverage",
                "classes with none"], rows), ""])
     return text, out
