@@ -125,12 +125,12 @@ def compare_backbones(
     A backbone whose weights cannot be had (offline, no weights file) gets a row with `error`
     and the others still run; unknown names are refused before anything is trained.
     """
-    from sslall.models import _check_name
+    from sslall.models import check_backbone_name
 
     if weights not in WEIGHTS:
         raise InputError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     for name in backbones:
-        _check_name(name)
+        check_backbone_name(name)
     train, val, test = split_labelled(data, test_fraction=test_fraction,
                                       val_fraction=val_fraction, seed=config.train.seed)
     setup = {"classes": list(data.classes), "images": len(data.rows),

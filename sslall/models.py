@@ -213,7 +213,7 @@ def create_backbone(name: str, *, pretrained: bool, weights: str = "", scales: i
             pretrained weights that cannot be fetched (offline).
         NotFoundError: `weights` names a file that does not exist.
     """
-    _check_name(name)
+    check_backbone_name(name)
     if weights:
         module = _new_module(name)
         path = Path(weights).expanduser()
@@ -271,7 +271,7 @@ def build_classifier_from_checkpoint(
     return model.eval()
 
 
-def _check_name(name: str) -> None:
+def check_backbone_name(name: str) -> None:
     """Raise a one-line ModelError suggesting close names when `name` is no backbone."""
     if name == BASELINE_CNN or timm.is_model(name):
         return
