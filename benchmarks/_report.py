@@ -15,10 +15,13 @@ import platform
 import pstats
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -75,6 +78,20 @@ def profile_text(prof: cProfile.Profile, sort: str, limit: int) -> str:
     start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
     root = str(REPO) + "/"
     return "\n".join(line.replace(root, "").rstrip() for line in lines[start:] if line.strip())
+
+
+@contextmanager
+def work_folder(keep: Path | None, name: str) -> Iterator[Path]:
+    """`keep` (created, and left in place) or a new temporary folder removed afterwards."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    root = Path(tempfile.mkdtemp(prefix=f"sslall-bench-{name}-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def sslall_exe() -> list[str]:

@@ -25,12 +25,11 @@ import argparse
 import json
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from _report import data_root, emit, sslall_exe, table, write_section
+from _report import data_root, emit, sslall_exe, table, work_folder, write_section
 from bench_simulate import split
 
 
@@ -40,12 +39,12 @@ class DataSet:
     rounds: int
     budget: int
     start_fraction: float  # the starting fraction, used by `strategies` and `thresholds`
-    extra: tuple[str, ...] = ()
+    image_size: int | None = None  # None: the backbone's default
 
 
 SETS = {
     "taleqani": DataSet("all-taleqani", 5, 20, 0.05),
-    "pbc": DataSet("pbc-128", 5, 50, 0.02, ("--image-size", "128")),
+    "pbc": DataSet("pbc-128", 5, 50, 0.02, image_size=128),
 }
 FRACTIONS = (0.01, 0.05, 0.10)
 STRATEGIES = ("random", "margin", "least-confidence", "entropy", "bald", "coreset", "typiclust")
@@ -90,7 +89,8 @@ class Runner:
         work.parent.mkdir(parents=True, exist_ok=True)
         cmd = [*sslall_exe(), "-q", "simulate", str(self.train), "--test-dir", str(self.test),
                "--label-fraction", str(fraction), "--rounds", str(self.rounds),
-               "--budget", str(self.ds.budget), "--strategy", strategy, *self.ds.extra,
+               "--budget", str(self.ds.budget), "--strategy", strategy,
+               *(["--image-size", str(self.ds.image_size)] if self.ds.image_size else []),
                "--mode", "head", "--seed", str(seed), "--work", str(work),
                "--cache", str(self.cache), "--json", str(report),
                *(["--baselines"] if baselines else [])]
@@ -175,18 +175,14 @@ def part_thresholds(runner: Runner, seeds: list[int]) -> tuple[str, list[dict]]:
     from sslall.pools import PoolStore
     from sslall.rounds import take_snapshot
     from sslall.route import decide_pseudo_labels
-    from sslall.simulate import SimulationSpec, prepare_simulation
+    from sslall.simulate import SimulationSpec, link_cache, prepare_simulation
 
     base = Config(classes=("a", "b"))
-    image_size = dict(zip(runner.ds.extra[::2], runner.ds.extra[1::2], strict=True)).get("--image-size")
-    base = with_overrides(base, model={"mode": "head",
-                                       "image_size": int(image_size) if image_size else None})
+    base = with_overrides(base, model={"mode": "head", "image_size": runner.ds.image_size})
     out: list[dict] = []
     for seed in seeds:
-        work = Path(tempfile.mkdtemp(prefix="sslall-bench-thr-"))
-        try:
-            (work / "workspace").mkdir()
-            (work / "workspace" / "cache").symlink_to(runner.cache.resolve(), target_is_directory=True)
+        with work_folder(None, "thresholds") as work:
+            link_cache(work, runner.cache)
             spec = SimulationSpec(runner.train.resolve(), runner.test.resolve(), work, base, 1,
                                   label_fraction=runner.ds.start_fraction, seed=seed)
             prep = prepare_simulation(spec)
@@ -196,8 +192,6 @@ def part_thresholds(runner: Runner, seeds: list[int]) -> tuple[str, list[dict]]:
                                   seed=prep.config.train.seed + 1)
             scores = learner.score(snapshot.rows)
             probs = learner.calibrate(scores, snapshot).probs
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
         truth = np.array([prep.config.classes.index(prep.truth[r.id]) for r in snapshot.rows])
         unlabeled = snapshot.mask("unlabeled")
         for policy in ("fixed", "adaptive"):
@@ -253,9 +247,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="24 images per class, 2 rounds")
     ap.add_argument("--keep", type=Path, help="keep splits, caches and reports here (and reuse them)")
     args = ap.parse_args()
-    root = args.keep or Path(tempfile.mkdtemp(prefix="sslall-bench-efficiency-"))
     results: dict = {}
-    try:
+    with work_folder(args.keep, "efficiency") as root:
         for name in args.sets:
             runner = Runner(root, name, args.quick)
             for part in args.parts:
@@ -264,9 +257,6 @@ def main() -> int:
                 write_section(f"efficiency-{part}-{name}",
                               TITLES[part].format(folder=runner.ds.folder),
                               f"{ABOUT}\n\n{text}", quick=args.quick)
-    finally:
-        if args.keep is None:
-            shutil.rmtree(root, ignore_errors=True)
     emit({"benchmark": "efficiency", "results": results})
     return 0
 

@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import copy
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _report import data_root, emit, table, write_section
+from _report import data_root, emit, table, work_folder, write_section
 from bench_simulate import split
 from torch import nn
 
@@ -138,15 +137,14 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="24 images per class, 3 epochs")
     ap.add_argument("--keep", type=Path, help="reuse bench_simulate's split and keep the maps here")
     args = ap.parse_args()
-    root = args.keep or Path(tempfile.mkdtemp(prefix="sslall-bench-last-stage-"))
-    here = root / ("pbc-quick" if args.quick else "pbc")
-    data = here / "data"
-    if not (data / "test").is_dir():
-        shutil.rmtree(data, ignore_errors=True)
-        split(data_root() / "pbc-128", data, per_class=24 if args.quick else None)
     epochs = 3 if args.quick else args.epochs
     all_epochs = 2 if args.quick else args.all_epochs
-    try:
+    with work_folder(args.keep, "last-stage") as root:
+        here = root / ("pbc-quick" if args.quick else "pbc")
+        data = here / "data"
+        if not (data / "test").is_dir():
+            shutil.rmtree(data, ignore_errors=True)
+            split(data_root() / "pbc-128", data, per_class=24 if args.quick else None)
         classes = class_folders(data / "train")
         train_entries = list_source(data / "train", "labeled", classes)
         test_entries = list_source(data / "test", "labeled", classes)
@@ -182,15 +180,13 @@ def main() -> int:
                             "holdout_rows": int(len(held)), "macro_f1": m["macro_f1"],
                             "accuracy": m["accuracy"], **info})
             print(results[-1], flush=True)
-    finally:
-        if args.keep is None:
-            shutil.rmtree(root, ignore_errors=True)
+        map_shape, map_mib = tuple(maps.shape[1:]), maps.nbytes / 2**20
     rows = [[r["labels"], r["train_rows"] + r["holdout_rows"], f"{r['macro_f1']:.4f}",
              f"{r['accuracy']:.4f}", f"{r['best_epoch']} of {r['epochs']}",
              r["rows_per_epoch"], r["train_seconds"]] for r in results]
     body = "\n".join([
         f"tf_efficientnet_lite0 at {args.image_size} px: blocks 0-{CUT - 1} frozen and run once "
-        f"(their {tuple(maps.shape[1:])} output cached as float16, {maps.nbytes / 2**20:.0f} MiB "
+        f"(their {map_shape} output cached as float16, {map_mib:.0f} MiB "
         f"for {len(entries):,} images; extraction "
         + (f"{extract_s} s" if extract_s is not None else "reused from an earlier run") + "); "
         f"{trained_blocks(len(module.blocks))}, the head convolution and a linear classifier "

@@ -16,13 +16,12 @@ import argparse
 import json
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from _report import data_root, emit, sslall_exe, table, verdict, write_section
+from _report import data_root, emit, sslall_exe, table, verdict, work_folder, write_section
 
 
 @dataclass(frozen=True)
@@ -135,9 +134,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="24 images per class, 2 rounds")
     ap.add_argument("--keep", type=Path, help="keep workspaces, caches and reports here")
     args = ap.parse_args()
-    root = args.keep or Path(tempfile.mkdtemp(prefix="sslall-bench-simulate-"))
     results = []
-    try:
+    with work_folder(args.keep, "simulate") as root:
         for name in args.sets:
             target = SETS[name]
             here = root / name
@@ -155,9 +153,6 @@ def main() -> int:
             results.append(figures)
             write_section(f"simulate-{name}", f"Label efficiency on {target.folder}: `sslall simulate`",
                           f"{ABOUT}\n\n{text}", quick=args.quick)
-    finally:
-        if args.keep is None:
-            shutil.rmtree(root, ignore_errors=True)
     emit({"benchmark": "simulate", "results": results})
     return 0
 

@@ -24,13 +24,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import resource
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from _report import emit, table, write_section
+from _report import emit, table, work_folder, write_section
 
 from sslall.cli import status_data
 from sslall.config import Config
@@ -115,12 +113,8 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, help="build the workspace here and keep it")
     args = ap.parse_args()
     n = 100_000 if args.quick else args.samples
-    root = args.keep or Path(tempfile.mkdtemp(prefix="sslall-bench-store-"))
-    try:
+    with work_folder(args.keep, "store") as root:
         r = run(n, root)
-    finally:
-        if args.keep is None:
-            shutil.rmtree(root, ignore_errors=True)
     per_row = (r["steps"][2]["peak_rss_mib"] - r["steps"][1]["peak_rss_mib"]) * 1024 / r["samples"]
     rows = [[s["step"], s["seconds"], f"{s['rows_per_s']:,}" if s["rows_per_s"] else "-",
              s["peak_rss_mib"]] for s in r["steps"]]

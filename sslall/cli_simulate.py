@@ -54,7 +54,7 @@ def simulate_cmd(
       sslall simulate train/ --test-dir test/ --label-fraction 0.05 --rounds 5 --baselines
     """
     from sslall.config import load_config, with_overrides
-    from sslall.simulate import SimulationSpec, run_simulation
+    from sslall.simulate import SimulationSpec, link_cache, run_simulation
 
     if (label_fraction is None) == (labels_per_class is None):
         raise UsageError("give exactly one of --label-fraction and --labels-per-class")
@@ -76,9 +76,7 @@ def simulate_cmd(
     if (work_dir / "workspace").exists():
         raise UsageError(f"{work_dir}/workspace exists; give a new --work folder")
     if cache is not None:
-        (work_dir / "workspace").mkdir(parents=True)
-        cache.mkdir(parents=True, exist_ok=True)
-        (work_dir / "workspace" / "cache").symlink_to(cache.resolve(), target_is_directory=True)
+        link_cache(work_dir, cache)
     spec = SimulationSpec(data_dir.resolve(), test_dir.resolve(), work_dir, config, rounds,
                           label_fraction, labels_per_class, holdout_share, seed, baselines)
     table = Table(title="simulation")

@@ -119,6 +119,13 @@ def _baseline(config: Config, ws: Workspace, rows: list, test: list, y_test: np.
             "labels": n_labels}
 
 
+def link_cache(work_dir: Path, cache: Path) -> None:
+    """Make the simulation's workspace use `cache` as its feature cache, shared between runs."""
+    (work_dir / "workspace").mkdir(parents=True)
+    cache.mkdir(parents=True, exist_ok=True)
+    (work_dir / "workspace" / "cache").symlink_to(cache.resolve(), target_is_directory=True)
+
+
 @dataclass
 class Prepared:
     """A simulation's workspace with its starting pools, the hidden truth and the test set."""
