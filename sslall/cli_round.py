@@ -32,7 +32,7 @@ Strategy = Annotated[str | None, typer.Option(help="margin, entropy, least-confi
                      "coreset, typiclust or random (route.strategy).")]
 Budget = Annotated[int | None, typer.Option(help="Cells sent to review (route.budget).")]
 Route = Annotated[str | None, typer.Option(help="retrain, labelstudio or both (route.route).")]
-Mode = Annotated[str | None, typer.Option(help="auto, head or finetune (model.mode).")]
+Mode = Annotated[str | None, typer.Option(help="auto, head, last-stage or finetune (model.mode).")]
 Device = Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps (model.device).")]
 NProc = Annotated[int, typer.Option(help="Processes (GPUs) to run on: launches torchrun with the "
                    "same arguments (`torchrun --nproc_per_node N -m sslall ...`).")]

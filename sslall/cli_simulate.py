@@ -30,7 +30,8 @@ def simulate_cmd(
     policy: Annotated[str | None, typer.Option(help="fixed or adaptive [default: fixed].")] = None,
     strategy: Annotated[str | None, typer.Option(help="Acquisition strategy [default: margin].")] = None,
     backbone: Annotated[str | None, typer.Option(help="Backbone [default: tf_efficientnet_lite0].")] = None,
-    mode: Annotated[str | None, typer.Option(help="auto, head or finetune [default: auto].")] = None,
+    mode: Annotated[str | None, typer.Option(help="auto, head, last-stage or finetune "
+                                                  "[default: auto].")] = None,
     image_size: Annotated[int | None, typer.Option(help="Input side in pixels [default: 224].")] = None,
     holdout_share: Annotated[float, typer.Option(help="Share of the starting labels kept as "
                              "the holdout (validation + calibration).")] = 0.3,

@@ -156,7 +156,7 @@ SECTIONS: dict[str, type] = {
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model.mode": ("auto", "head", "finetune"),
+    "model.mode": ("auto", "head", "last-stage", "finetune"),
     "index.approx": ("auto", "ivf", "hnsw"),
     "model.device": ("auto", "cpu", "cuda", "mps"),
     "train.class_balance": ("sampler", "loss", "none"),
@@ -215,7 +215,8 @@ KEY_DOCS: dict[str, str] = {
     "model.weights": "path to a .safetensors weights file; overrides `pretrained`",
     "model.image_size": "input side in pixels",
     "model.feature_scales": "also pool the last N intermediate stages into the features (0 = final only)",
-    "model.mode": "head (frozen backbone + MLP head on cached features), finetune, or auto",
+    "model.mode": "head (frozen backbone + MLP head on cached features), last-stage (frozen early "
+                  "stages cached, last stage + head trained), finetune, or auto",
     "model.device": "auto, cpu, cuda or mps",
     "train.epochs": "maximum training epochs per round",
     "train.batch_size": "training and scoring batch size",

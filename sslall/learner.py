@@ -1,12 +1,14 @@
 """The model side of a round: fit on labeled ∪ pseudo, score every row, calibrate, checkpoint.
 
-Two modes behind one face (`Learner`):
+Three modes behind one face (`Learner`):
 - `head`: a frozen backbone whose features come from the on-disk cache (computed once per image,
   backbone, weights and transform), with an MLP head trained on top — seconds per round on a CPU.
+- `last-stage`: the frozen early stages' maps come from the same cache; the backbone's last
+  stage and an MLP head train on them (`sslall.last_stage`) — tens of seconds per round on a CPU.
 - `finetune`: the whole network trained end to end with augmentation (AMP + channels_last on
   CUDA); scoring then runs the fine-tuned backbone.
-In both, `Scores.embeddings` are the backbone's pooled features, used by kNN agreement,
-coreset, TypiClust and the report.
+In all, `Scores.embeddings` are the backbone's pooled features (in last-stage and finetune mode,
+those of the trained network), used by kNN agreement, coreset, TypiClust and the report.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from sslall.config import Config
 from sslall.distributed import Dist, gather_rows, shard_bounds
 from sslall.faults import fault_point
+from sslall.last_stage import LastStage, split_last_stage, stage_embeddings, train_last_stage
 from sslall.metrics import expected_calibration_error, fit_temperature, softmax
 from sslall.models import Backbone, Classifier, EnsembleHead, MLPHead, create_backbone
 from sslall.pools import Sample
@@ -75,11 +78,15 @@ def training_rows(config: Config, snapshot: Snapshot) -> tuple[np.ndarray, np.nd
 
 
 class Learner:
-    """A trained model for one round, in head or finetune mode."""
+    """A trained model for one round, in head, last-stage or finetune mode.
+
+    `features` are the cached inputs of the snapshot's rows: pooled features (head mode) or the
+    frozen stages' flattened maps (last-stage mode, with `stage` the trained last stage).
+    """
 
     def __init__(self, config: Config, backbone: Backbone, head: MLPHead, mode: str,
                  device: torch.device, features: np.ndarray | None, train_report: dict,
-                 dist: Dist | None = None) -> None:
+                 dist: Dist | None = None, stage: LastStage | None = None) -> None:
         self.config = config
         self.dist = dist
         self.backbone = backbone
@@ -88,6 +95,7 @@ class Learner:
         self.device = device
         self.features = features
         self.train_report = train_report
+        self.stage = stage
 
     def score(self, rows: Sequence[Sample], *, progress: Progress | None = None,
               mc_samples: int = 0) -> Scores:
@@ -98,10 +106,10 @@ class Learner:
         """
         cfg = self.config
         dist = self.dist
-        if dist is not None and not dist.is_main and self.mode == "head":
+        if dist is not None and not dist.is_main and self.mode != "finetune":
             return _empty_scores(self)
-        if self.mode == "head":
-            embeddings = self.features
+        if self.mode != "finetune":
+            embeddings = self._embeddings(self.features, _step(progress, "score"))
             logits = _head_logits(self.head, embeddings, self.device, cfg.train.batch_size * 8)
         else:
             classifier = Classifier(self.backbone.module, self.head, self.backbone.scales)
@@ -126,18 +134,15 @@ class Learner:
                    progress: Progress | None = None) -> np.ndarray:
         """Logits of images outside the snapshot ((sha256 id, path) pairs), e.g. a test set.
 
-        Head mode goes through the feature cache, so a test set is extracted once per backbone.
+        Head and last-stage mode go through the feature cache, so a test set is extracted once
+        per backbone.
         """
         cfg = self.config
-        if self.mode == "head":
-            feats = extract_features(
-                self.backbone, samples, image_size=cfg.model.image_size,
-                cache=FeatureCache(cache_dir / "features"), batch_size=cfg.train.batch_size,
-                device=self.device, num_workers=cfg.train.num_workers,
-                max_pixels=cfg.data.max_pixels, progress=_step(progress, "test"),
-                preprocess=cfg.preprocess,
-            )
-            return _head_logits(self.head, feats, self.device, cfg.train.batch_size * 8)
+        if self.mode != "finetune":
+            inputs = cached_inputs(cfg, self.backbone, self.stage, samples, cache_dir=cache_dir,
+                                   device=self.device, progress=_step(progress, "test"))
+            embeddings = self._embeddings(inputs, _step(progress, "test"))
+            return _head_logits(self.head, embeddings, self.device, cfg.train.batch_size * 8)
         model = Classifier(self.backbone.module, self.head, self.backbone.scales)
         out = predict(model, list(samples),
                       image_size=cfg.model.image_size, mean=self.backbone.mean,
@@ -145,6 +150,13 @@ class Learner:
                       num_workers=cfg.train.num_workers, max_pixels=cfg.data.max_pixels,
                       progress=_step(progress, "test"), preprocess=cfg.preprocess)
         return np.asarray(out.logits, dtype=np.float32)
+
+    def _embeddings(self, inputs: np.ndarray, progress: Callable[[int, int], None] | None
+                    ) -> np.ndarray:
+        """Pooled features of cached inputs: the inputs themselves in head mode."""
+        if self.stage is None:
+            return inputs
+        return stage_embeddings(self.stage, inputs, self.device, progress=progress)
 
     def calibrate(self, scores: Scores, snapshot: Snapshot) -> Calibration:
         """Temperature scaling on the holdout; T = 1 when there is no holdout to fit it on."""
@@ -184,18 +196,22 @@ class Learner:
 
 def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: int,
                 progress: Progress | None = None, dist: Dist | None = None) -> Learner:
-    """Build the backbone, then train the head (head mode) or the whole network (finetune).
+    """Build the backbone, then train the head (head mode), the last stage and a head
+    (last-stage mode) or the whole network (finetune).
 
     Under torchrun (`dist`) every rank calls this. Finetune trains with DDP on every rank. Head
-    mode shares out the feature extraction; the heads themselves (seconds on a CPU) train on
-    rank 0 alone, and nothing needs them elsewhere, so the other ranks return an untrained head.
+    and last-stage mode share out the extraction of the cached inputs; training (seconds to a
+    minute on a CPU) runs on rank 0 alone, and nothing needs it elsewhere, so the other ranks
+    return an untrained head.
     """
     cfg = config
     device = resolve_device(cfg.model.device) if dist is None else dist.device
     mode = resolve_mode(cfg.model.mode, device)
     torch.manual_seed(seed)
     backbone = create_backbone(cfg.model.backbone, pretrained=cfg.model.pretrained,
-                               weights=cfg.model.weights, scales=cfg.model.feature_scales)
+                               weights=cfg.model.weights,
+                               scales=0 if mode == "last-stage" else cfg.model.feature_scales)
+    stage = split_last_stage(backbone.module, cfg.model.backbone) if mode == "last-stage" else None
     rows, y, w = training_rows(cfg, snapshot)
     holdout = np.flatnonzero(snapshot.mask("holdout"))
     y_all = snapshot.label_index()
@@ -203,18 +219,16 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
     common = dict(epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
                   weight_decay=cfg.train.weight_decay, class_balance=cfg.train.class_balance,
                   patience=cfg.train.patience, seed=seed, device=device)
-    if mode == "head":
-        cache = FeatureCache(cache_dir / "features")
-        features = extract_features(
-            backbone, [(r.id, r.path) for r in snapshot.rows], image_size=cfg.model.image_size,
-            cache=cache, batch_size=cfg.train.batch_size, device=device, dist=dist,
-            num_workers=cfg.train.num_workers, max_pixels=cfg.data.max_pixels,
-            progress=_step(progress, "features"), preprocess=cfg.preprocess,
-        )
+    features = None
+    if mode != "finetune":
+        features = cached_inputs(cfg, backbone, stage, [(r.id, r.path) for r in snapshot.rows],
+                                 cache_dir=cache_dir, device=device, dist=dist,
+                                 progress=_step(progress, "features"))
         fault_point("features-done")
         if dist is not None and not dist.is_main:
             head = MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs)
-            return Learner(cfg, backbone, head, mode, device, None, {}, dist)
+            return Learner(cfg, backbone, head, mode, device, None, {}, dist, stage)
+    if mode == "head":
         results, members = [], []
         for k in range(cfg.train.head_ensemble):
             results.append(train_head(features[rows], y, w, features[holdout], y_all[holdout],
@@ -223,8 +237,13 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
             members.append(MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs))
             members[-1].load_state_dict(results[-1].state)
         head = members[0] if len(members) == 1 else EnsembleHead(members)
+    elif mode == "last-stage":
+        head, result = train_last_stage(
+            stage, features[rows], y, w, features[holdout], y_all[holdout],
+            num_classes=len(cfg.classes), lr=cfg.train.lr, hflip=cfg.augment.hflip,
+            vflip=cfg.augment.vflip, progress=_step(progress, "train"), **head_kwargs, **common)
+        results = [result]
     else:
-        features = None
         head = MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs)
         classifier = Classifier(backbone.module, head, backbone.scales)
         paths = [r.path for r in snapshot.rows]
@@ -241,7 +260,25 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
     report = {"best_epoch": [r.best_epoch for r in results],
               "epochs_run": [len(r.history) for r in results],
               "train_rows": int(len(rows)), "seconds": sum(r.seconds for r in results)}
-    return Learner(cfg, backbone, head, mode, device, features, report, dist)
+    return Learner(cfg, backbone, head, mode, device, features, report, dist, stage)
+
+
+def cached_inputs(config: Config, backbone: Backbone, stage: LastStage | None,
+                  samples: Sequence[tuple[str, str]], *, cache_dir: Path, device: torch.device,
+                  dist: Dist | None = None, progress: Callable[[int, int], None] | None = None
+                  ) -> np.ndarray:
+    """[N, D] float32 inputs of `samples` through the feature cache: the pooled features (head
+    mode, `stage` None) or the flattened maps before the last stage (last-stage mode)."""
+    cfg = config
+    if stage is not None:
+        stage.set_input_size(cfg.model.image_size)
+    return extract_features(
+        backbone, samples, image_size=cfg.model.image_size, cache=FeatureCache(cache_dir / "features"),
+        batch_size=cfg.train.batch_size, device=device, dist=dist, num_workers=cfg.train.num_workers,
+        max_pixels=cfg.data.max_pixels, progress=progress, preprocess=cfg.preprocess,
+        forward=stage.frozen_maps if stage is not None else None,
+        kind="maps-before-last-stage" if stage is not None else "",
+    )
 
 
 def _gather_scores(dist: Dist, logits: np.ndarray, embeddings: np.ndarray, n: int

@@ -213,6 +213,7 @@ def extract_features(
     max_pixels: int = 50_000_000, progress: Progress | None = None, dist: Dist | None = None,
     work_dir: str | Path | None = None, backbone_name: str | None = None, flush_rows: int = FLUSH_ROWS,
     preprocess: PreprocessConfig | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None, kind: str = "",
 ) -> np.ndarray:
     """Features [N, D] float32 of `samples` ((sha256 id, path) pairs), computing only the uncached.
 
@@ -224,15 +225,18 @@ def extract_features(
     Under torchrun (`dist`, every rank calls this) the uncached images are split into one
     contiguous shard per rank and the shards are sent to rank 0, which alone opens and writes
     the cache and returns the features; the other ranks return an empty [0, D] array.
-    `preprocess` runs before the transform and is part of the cache key.
+    `preprocess` runs before the transform and is part of the cache key. `forward` replaces the
+    backbone's pooled features with another [n, D] output of its module (the flattened maps of
+    `LastStage.frozen_maps`); `kind` names that output in the cache key, so the two never mix.
 
     Raises:
         UnreadableImage: an image can no longer be decoded.
         ModelError: the backbone returns something other than finite [n, D] features.
     """
     ids = [str(sample_id) for sample_id, _ in samples]
-    store = _open_store(cache, dist, backbone_name or _architecture(backbone), backbone.weights_id,
-                       transform_key(image_size, backbone.mean, backbone.std, preprocess))
+    name = (backbone_name or _architecture(backbone)) + (f"/{kind}" if kind else "")
+    store = _open_store(cache, dist, name, backbone.weights_id,
+                        transform_key(image_size, backbone.mean, backbone.std, preprocess))
     todo: dict[str, str] = {}
     for sample_id, path in samples if store is not None else ():
         if str(sample_id) not in store and str(sample_id) not in todo:
@@ -252,10 +256,10 @@ def extract_features(
         pending_ids: list[str] = []
         pending: list[np.ndarray] = []
         batches = _stream(backbone.module, dataset, batch_size, device, num_workers,
-                          forward=backbone.features)
+                          forward=forward or backbone.features)
         with contextlib.closing(batches):
             for index, feats in batches:
-                _check_features(feats, backbone_name or _architecture(backbone))
+                _check_features(feats, name)
                 pending_ids += [todo_ids[i] for i in index]
                 pending.append(feats)
                 done += len(index)

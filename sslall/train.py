@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRandomSampler
 
+from sslall.config import CHOICES
 from sslall.data import ImageDataset, eval_transform, make_loader, train_transform
 from sslall.distributed import DealtSampler, Dist, broadcast
 from sslall.errors import ConfigError, ModelError
@@ -38,12 +39,13 @@ from sslall.models import Classifier, MLPHead
 if TYPE_CHECKING:
     from sslall.config import AugmentConfig, PreprocessConfig
 
-__all__ = ["CLASS_BALANCE", "TrainResult", "TrainSet", "finetune", "one_cpu_thread", "resolve_device",
-           "resolve_mode", "train_head"]
+__all__ = ["CLASS_BALANCE", "MODES", "TrainResult", "TrainSet", "finetune", "fit_rows", "one_cpu_thread",
+           "param_groups", "prepare_rows", "resolve_device", "resolve_mode", "seeded", "train_head"]
 
 log = logging.getLogger(__name__)
 
 CLASS_BALANCE = ("sampler", "loss", "none")
+MODES = CHOICES["model.mode"]
 BACKBONE_LR_FACTOR = 0.1  # finetune: the pretrained backbone moves 10x slower than the new head
 Progress = Callable[[int, int], None]
 # A head epoch draws at least this many rows (repeating a small training set), so that 70
@@ -115,12 +117,13 @@ def resolve_device(requested: str | torch.device) -> torch.device:
 
 
 def resolve_mode(mode: str, device: torch.device) -> str:
-    """`head` or `finetune`; `auto` fine-tunes on CUDA and trains a head on cached features elsewhere."""
-    if mode in ("head", "finetune"):
+    """`head`, `last-stage` or `finetune`; `auto` fine-tunes on CUDA and trains a head on cached
+    features elsewhere."""
+    if mode in MODES and mode != "auto":
         return mode
     if mode == "auto":
         return "finetune" if torch.device(device).type == "cuda" else "head"
-    raise ConfigError("model.mode", f"'{mode}' is not a mode", "auto, head, finetune")
+    raise ConfigError("model.mode", f"'{mode}' is not a mode", ", ".join(MODES))
 
 
 def train_head(
@@ -145,44 +148,66 @@ def train_head(
     x = np.asarray(train_x, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"train_x must be [N, D], got shape {x.shape}")
-    x, y, w = _prepare(x, train_y, train_w, num_classes, class_balance, epochs, batch_size)
-    has_val = val_x is not None and val_y is not None and len(val_y) > 0
+    x, y, w = prepare_rows(x, train_y, train_w, num_classes, class_balance, epochs, batch_size)
     device = torch.device(device)
-    started = time.perf_counter()
-    with _seeded(seed, device), one_cpu_thread() if device.type == "cpu" else nullcontext():
+    with seeded(seed, device), one_cpu_thread() if device.type == "cpu" else nullcontext():
         head = MLPHead(x.shape[1], num_classes, hidden=hidden, dropout=dropout).to(device)
-        optimizer = torch.optim.AdamW(_param_groups(head, lr, weight_decay))
-        xt = torch.as_tensor(x, device=device)
-        yt = torch.as_tensor(y, device=device)
-        wt = torch.as_tensor(_loss_weights(y, w, num_classes, class_balance), device=device)
-        generator = torch.Generator().manual_seed(seed)
-        draw = torch.as_tensor(_sampler_weights(y, num_classes)) if class_balance == "sampler" else None
-        best = _Best(patience)
-        for epoch in range(1, epochs + 1):
-            head.train()
-            draws = max(len(y), MIN_EPOCH_ROWS)
-            order = (torch.multinomial(draw, draws, replacement=True, generator=generator)
-                     if draw is not None else
-                     torch.cat([torch.randperm(len(y), generator=generator)
-                                for _ in range(-(-draws // len(y)))]))
-            total = 0.0
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size].to(device)
-                loss = (F.cross_entropy(head(xt[idx]), yt[idx], reduction="none") * wt[idx]).mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
-            f1, nll = _head_scores(head, val_x, val_y, device) if has_val else (None, None)
-            best.history.append({"epoch": epoch, "train_loss": _finite(total / len(order), epoch, lr),
-                                 "val_macro_f1": f1, "val_loss": nll})
-            if progress is not None:
-                progress(epoch, epochs)
-            if has_val and best.update(epoch, f1, nll, head):
-                break
+        result = fit_rows(head, param_groups(head, lr, weight_decay), x, y, w, val_x, val_y,
+                          num_classes=num_classes, epochs=epochs, batch_size=batch_size, lr=lr,
+                          class_balance=class_balance, patience=patience, seed=seed, device=device,
+                          progress=progress)
+    log.debug("head trained: best epoch %d of %d", result.best_epoch, len(result.history))
+    return result
+
+
+def fit_rows(
+    model: nn.Module, groups: list[dict], x: np.ndarray, y: np.ndarray, w: np.ndarray,
+    val_x: np.ndarray | None, val_y: np.ndarray | None, *, num_classes: int, epochs: int,
+    batch_size: int, lr: float, class_balance: str, patience: int, seed: int, device: torch.device,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    score_batch: int = 8192, epoch_rows: int = MIN_EPOCH_ROWS, progress: Progress | None = None,
+) -> TrainResult:
+    """The epoch loop of `train_head`, for any `model` on rows of an array already in memory
+    (validated by `prepare_rows`; weight-0 rows dropped): AdamW over `groups`, class-balanced or
+    shuffled draws of max(N, epoch_rows) rows an epoch, `augment(batch, generator)` on each
+    training batch, early stopping on the validation macro-F1 (validation scored `score_batch`
+    rows at a time). The caller seeds (`seeded`) so that building `model` is seeded too.
+    """
+    has_val = val_x is not None and val_y is not None and len(val_y) > 0
+    started = time.perf_counter()
+    optimizer = torch.optim.AdamW(groups)
+    xt = torch.as_tensor(x, device=device)
+    yt = torch.as_tensor(y, device=device)
+    wt = torch.as_tensor(_loss_weights(y, w, num_classes, class_balance), device=device)
+    generator = torch.Generator().manual_seed(seed)
+    draw = torch.as_tensor(_sampler_weights(y, num_classes)) if class_balance == "sampler" else None
+    best = _Best(patience)
+    for epoch in range(1, epochs + 1):
+        model.train()
+        draws = max(len(y), epoch_rows)
+        order = (torch.multinomial(draw, draws, replacement=True, generator=generator)
+                 if draw is not None else
+                 torch.cat([torch.randperm(len(y), generator=generator)
+                            for _ in range(-(-draws // len(y)))]))
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size].to(device)
+            batch = xt[idx] if augment is None else augment(xt[idx], generator)
+            loss = (F.cross_entropy(model(batch), yt[idx], reduction="none") * wt[idx]).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+        f1, nll = _head_scores(model, val_x, val_y, device, score_batch) if has_val else (None, None)
+        best.history.append({"epoch": epoch, "train_loss": _finite(total / len(order), epoch, lr),
+                             "val_macro_f1": f1, "val_loss": nll})
+        if progress is not None:
+            progress(epoch, epochs)
+        if has_val and best.update(epoch, f1, nll, model):
+            break
     if not has_val:
-        best.keep(len(best.history), head)
-    log.debug("head trained: best epoch %d of %d", best.epoch, len(best.history))
+        best.keep(len(best.history), model)
+    model.eval()
     return TrainResult(best.state, best.epoch, best.history, time.perf_counter() - started)
 
 
@@ -215,8 +240,8 @@ def finetune(
         ValueError, ModelError: as `train_head`; UnreadableImage if an image cannot be decoded.
     """
     num_classes = _n_classes(classifier)
-    rows = np.arange(len(train_paths), dtype=np.float64)[:, None]  # _prepare drops weight-0 rows
-    kept, y, w = _prepare(rows, train_y, train_w, num_classes, class_balance, epochs, batch_size)
+    rows = np.arange(len(train_paths), dtype=np.float64)[:, None]  # prepare_rows drops weight-0 rows
+    kept, y, w = prepare_rows(rows, train_y, train_w, num_classes, class_balance, epochs, batch_size)
     paths = [str(train_paths[int(i)]) for i in kept[:, 0]]
     has_val = val_y is not None and len(val_y) > 0
     device = torch.device(device) if dist is None else dist.device
@@ -224,7 +249,7 @@ def finetune(
     cuda = device.type == "cuda"
     amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
     started = time.perf_counter()
-    with _seeded(seed + rank, device):
+    with seeded(seed + rank, device):
         classifier.to(device)
         if cuda:
             classifier.to(memory_format=torch.channels_last)
@@ -254,8 +279,8 @@ def finetune(
         yt = torch.as_tensor(y)
         wt = torch.as_tensor(_loss_weights(y, w, num_classes, class_balance))
         head_ids = {id(p) for p in classifier.head.parameters()}
-        groups = [*_param_groups(classifier.backbone, lr * BACKBONE_LR_FACTOR, weight_decay, skip=head_ids),
-                  *_param_groups(classifier.head, lr, weight_decay)]
+        groups = [*param_groups(classifier.backbone, lr * BACKBONE_LR_FACTOR, weight_decay, skip=head_ids),
+                  *param_groups(classifier.head, lr, weight_decay)]
         optimizer = torch.optim.AdamW(groups)
         total_steps = max(1, epochs * len(loader))
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -347,7 +372,7 @@ def one_cpu_thread() -> Iterator[None]:
 
 
 @contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch inside a forked RNG so the caller's random state is left as it was."""
     devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
@@ -356,7 +381,7 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _prepare(
+def prepare_rows(
     x: np.ndarray, y: np.ndarray, w: np.ndarray, num_classes: int, class_balance: str,
     epochs: int, batch_size: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -398,11 +423,11 @@ def _sampler_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
     return 1.0 / counts[y]
 
 
-def _param_groups(module: nn.Module, lr: float, weight_decay: float, skip: set[int] | None = None
-                  ) -> list[dict]:
+def param_groups(params: nn.Module | Iterable[nn.Parameter], lr: float, weight_decay: float,
+                 skip: set[int] | None = None) -> list[dict]:
     """AdamW groups: weight decay on matrices and kernels only, not on biases and norm scales."""
     decay, plain = [], []
-    for param in module.parameters():
+    for param in params.parameters() if isinstance(params, nn.Module) else params:
         if param.requires_grad and id(param) not in (skip or set()):
             (decay if param.ndim > 1 else plain).append(param)
     groups = [{"params": decay, "lr": lr, "weight_decay": weight_decay},
@@ -429,13 +454,14 @@ def _val_scores(logits: torch.Tensor, val_y: np.ndarray) -> tuple[float, float]:
     return _macro_f1(val_y, logits.argmax(1).numpy()), nll
 
 
-def _head_scores(head: nn.Module, val_x: np.ndarray, val_y: np.ndarray, device: torch.device
-                 ) -> tuple[float, float]:
+def _head_scores(head: nn.Module, val_x: np.ndarray, val_y: np.ndarray, device: torch.device,
+                 chunk_rows: int = 8192) -> tuple[float, float]:
     head.eval()
     logits = []
     with torch.inference_mode():
-        for start in range(0, len(val_x), 8192):
-            chunk = torch.as_tensor(np.asarray(val_x[start : start + 8192], dtype=np.float32), device=device)
+        for start in range(0, len(val_x), chunk_rows):
+            chunk = torch.as_tensor(np.asarray(val_x[start : start + chunk_rows], dtype=np.float32),
+                                    device=device)
             logits.append(head(chunk).float().cpu())
     return _val_scores(torch.cat(logits), val_y)
 

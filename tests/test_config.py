@@ -30,7 +30,7 @@ def test_defaults_round_trip_through_toml(tmp_path: Path) -> None:
         ({"classes": ["A", "B"], "route": {"budget": -1}}, "'route.budget': -1 is out of range"),
         ({"classes": ["A", "B"], "train": {"epochs": "ten"}}, "expected an integer, got 'ten'"),
         ({"classes": ["A", "B"], "train": {"epochs": True}}, "expected an integer"),
-        ({"classes": ["A", "B"], "model": {"mode": "fast"}}, "allowed: auto, head, finetune"),
+        ({"classes": ["A", "B"], "model": {"mode": "fast"}}, "allowed: auto, head, last-stage, finetune"),
         ({"classes": ["A", "B"], "route": {"strategy": "best"}}, "margin, entropy"),
         ({"classes": ["A"]}, "at least 2 classes"),
         ({"classes": ["A", "A"]}, "duplicate class names"),

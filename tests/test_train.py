@@ -82,7 +82,7 @@ def test_early_stopping_keeps_the_best_epoch(monkeypatch):
     scores = iter([(0.5, 1.0), (0.9, 0.8), (0.9, 0.9), (0.9, 0.4), (0.9, 0.4)] + [(0.6, 0.3)] * 5)
     snapshots = []
 
-    def scripted(head, val_x, val_y, device):
+    def scripted(head, val_x, val_y, device, *_):
         snapshots.append({k: v.clone() for k, v in head.state_dict().items()})
         return next(scores)
 
@@ -193,6 +193,7 @@ def test_resolve_mode():
     assert resolve_mode("auto", torch.device("cuda")) == "finetune"
     assert resolve_mode("finetune", torch.device("cpu")) == "finetune"
     assert resolve_mode("head", torch.device("cuda")) == "head"
+    assert resolve_mode("last-stage", torch.device("cuda")) == "last-stage"
     with pytest.raises(ConfigError, match="model.mode"):
         resolve_mode("both", torch.device("cpu"))
 
