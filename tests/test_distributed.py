@@ -6,8 +6,9 @@ the two ranks' gradients is the one-process gradient of that batch, up to one th
 normalises each rank's half batch (2 rows, not 4) by its own statistics. What is compared is
 therefore what the round decides: the same number of moves per kind, the same holdout macro-F1
 within 0.1, the same predicted class for at least 85 % of the rows, and every confidence within
-0.05 (measured: 71 of 72 and 0.0005). Head mode is exact: the same features (extracted in shards, cached
-by rank 0 alone) and heads trained on rank 0 alone give the same predictions row for row.
+0.05 (measured: 71 of 72 and 0.0005). Head and last-stage mode are exact: the same features or
+maps (extracted in shards, cached by rank 0 alone) and heads (or the last stage) trained on rank 0
+alone give the same predictions row for row.
 A busy lock under torchrun (rank 0's error reaching rank 1, the code 75 through the exit file)
 is tested with the Slurm script in test_deploy.py.
 """
@@ -96,11 +97,12 @@ def test_finetune_round_on_two_ranks_matches_one_process(template: Path, tmp_pat
 
 
 @pytest.mark.slow
-def test_head_round_under_torchrun_is_exact_and_only_rank_0_writes(template: Path,
-                                                                     tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["head", "last-stage"])
+def test_cached_input_round_under_torchrun_is_exact_and_only_rank_0_writes(
+        template: Path, tmp_path: Path, mode: str) -> None:
     one, two = copy(template, tmp_path / "one"), copy(template, tmp_path / "two")
-    single = round_json(sslall("round", "-w", one, "--json"))
-    ddp = round_json(torchrun("round", "-w", two, "--json"))
+    single = round_json(sslall("round", "-w", one, "--mode", mode, "--json"))
+    ddp = round_json(torchrun("round", "-w", two, "--mode", mode, "--json"))
     assert ddp["moves"] == single["moves"]
     a, b = predictions(one), predictions(two)
     assert a.keys() == b.keys()
