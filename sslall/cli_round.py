@@ -205,8 +205,8 @@ def _launch(nproc: int) -> int:
 
 def _join(config: Config):
     """Join torchrun's process group when launched by it (None for a single process)."""
+    from sslall.devices import resolve_device
     from sslall.distributed import setup
-    from sslall.train import resolve_device
 
     return setup(resolve_device(config.model.device))
 

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from sslall.devices import seeded
 from sslall.errors import ModelError
 from sslall.models import BaselineCNN, MLPHead
-from sslall.train import MIN_EPOCH_ROWS, TrainResult, fit_rows, param_groups, prepare_rows, seeded
+from sslall.train import MIN_EPOCH_ROWS, TrainResult, fit_rows, param_groups, prepare_rows
 
 __all__ = ["LastStage", "SUPPORTED", "flip_maps", "split_last_stage", "stage_embeddings",
            "train_last_stage"]

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from sslall.config import Config
+from sslall.devices import one_cpu_thread, resolve_device, resolve_mode
 from sslall.distributed import Dist, gather_rows, shard_bounds
 from sslall.faults import fault_point
 from sslall.last_stage import LastStage, split_last_stage, stage_embeddings, train_last_stage
@@ -31,7 +32,7 @@ from sslall.metrics import expected_calibration_error, fit_temperature, softmax
 from sslall.models import Backbone, Classifier, EnsembleHead, MLPHead, create_backbone
 from sslall.pools import Sample
 from sslall.score import FeatureCache, extract_features, mc_dropout_probs, predict
-from sslall.train import finetune, one_cpu_thread, resolve_device, resolve_mode, train_head
+from sslall.train import finetune, train_head
 
 if TYPE_CHECKING:
     from sslall.rounds import Snapshot

@@ -1,5 +1,8 @@
 """The trainers: an MLP head on cached features (`train_head`) and end to end (`finetune`).
 
+`fit_rows` is `train_head`'s epoch loop for any model on in-memory rows; last-stage mode
+(`sslall.last_stage`) trains through it too. Device, mode and RNG helpers are in `sslall.devices`.
+
 Both take per-sample weights (1 for a human label, the confidence or a constant factor for a
 pseudo label, `hard_weight` for a hard example the last round routed back), balance classes by
 a seeded `WeightedRandomSampler` or by class weights in the loss, and stop early on the
@@ -17,8 +20,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,22 +33,21 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRandomSampler
 
-from sslall.config import CHOICES
 from sslall.data import ImageDataset, eval_transform, make_loader, train_transform
+from sslall.devices import one_cpu_thread, seeded
 from sslall.distributed import DealtSampler, Dist, broadcast
-from sslall.errors import ConfigError, ModelError
+from sslall.errors import ModelError
 from sslall.models import Classifier, MLPHead
 
 if TYPE_CHECKING:
     from sslall.config import AugmentConfig, PreprocessConfig
 
-__all__ = ["CLASS_BALANCE", "MODES", "TrainResult", "TrainSet", "finetune", "fit_rows", "one_cpu_thread",
-           "param_groups", "prepare_rows", "resolve_device", "resolve_mode", "seeded", "train_head"]
+__all__ = ["CLASS_BALANCE", "TrainResult", "TrainSet", "finetune", "fit_rows", "param_groups", "prepare_rows",
+           "train_head"]
 
 log = logging.getLogger(__name__)
 
 CLASS_BALANCE = ("sampler", "loss", "none")
-MODES = CHOICES["model.mode"]
 BACKBONE_LR_FACTOR = 0.1  # finetune: the pretrained backbone moves 10x slower than the new head
 Progress = Callable[[int, int], None]
 # A head epoch draws at least this many rows (repeating a small training set), so that 70
@@ -83,47 +85,6 @@ class TrainResult:
     best_epoch: int
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def resolve_device(requested: str | torch.device) -> torch.device:
-    """`auto` -> cuda when available, else cpu; `cuda[:n]`/`mps` must be available.
-
-    Raises:
-        ModelError: the requested accelerator is not available on this machine.
-        ConfigError: `requested` names no device.
-    """
-    text = str(requested).strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise ConfigError("model.device", f"'{requested}' is not a device", "auto, cpu, cuda, cuda:N, mps") \
-            from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ModelError(f"device '{requested}' was requested but CUDA is not available here "
-                             f"(torch {torch.__version__}); set model.device = \"auto\" or \"cpu\"")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ModelError(f"device '{requested}' does not exist: this machine has "
-                             f"{torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ModelError(f"device '{requested}' was requested but Apple MPS is not available here; "
-                             "set model.device = \"auto\" or \"cpu\"")
-    elif device.type != "cpu":
-        raise ConfigError("model.device", f"'{requested}' is not supported", "auto, cpu, cuda, cuda:N, mps")
-    return device
-
-
-def resolve_mode(mode: str, device: torch.device) -> str:
-    """`head`, `last-stage` or `finetune`; `auto` fine-tunes on CUDA and trains a head on cached
-    features elsewhere."""
-    if mode in MODES and mode != "auto":
-        return mode
-    if mode == "auto":
-        return "finetune" if torch.device(device).type == "cuda" else "head"
-    raise ConfigError("model.mode", f"'{mode}' is not a mode", ", ".join(MODES))
 
 
 def train_head(
@@ -353,32 +314,6 @@ class _Best:
     def keep(self, epoch: int, module: nn.Module) -> None:
         self.epoch = epoch
         self.state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
-
-
-@contextmanager
-def one_cpu_thread() -> Iterator[None]:
-    """Run small CPU tensor work (a head on features) on one intra-op thread.
-
-    A head's matrices are too small to gain from more cores (BENCHMARKS.md, "Head mode"), and on
-    a busy machine (a shared node, a nightly job beside others) extra threads wait for each
-    other: the "Scoring" section measured small tensor ops 20x slower on two threads than on one.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch inside a forked RNG so the caller's random state is left as it was."""
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def prepare_rows(

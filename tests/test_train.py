@@ -9,9 +9,10 @@ from PIL import Image
 
 from sslall import train
 from sslall.config import AugmentConfig
+from sslall.devices import resolve_device, resolve_mode
 from sslall.errors import ConfigError, ModelError
 from sslall.models import BASELINE_CNN, Classifier, MLPHead, create_backbone
-from sslall.train import TrainSet, finetune, resolve_device, resolve_mode, train_head
+from sslall.train import TrainSet, finetune, train_head
 
 FAST = dict(hidden=(16,), dropout=0.1, epochs=15, batch_size=16, lr=1e-2, patience=5, seed=3)
 
