@@ -60,8 +60,8 @@ def compare_cmd(
     backbones: Annotated[str, typer.Option(help="Comma-separated backbone names (timm or "
                          "baseline-cnn).")] = "resnet18,efficientnet_b0,vgg16,densenet201,"
                          "vit_base_patch16_224",
-    mode: Annotated[str, typer.Option(help="head (frozen backbone + MLP head) or finetune.")] =
-        "head",
+    mode: Annotated[str, typer.Option(help="head (frozen backbone + MLP head), last-stage or "
+                    "finetune.")] = "head",
     weights: Annotated[str, typer.Option(help="pretrained (ImageNet: offline for "
                        "tf_efficientnet_lite0, else the hub or its cache) or random.")] =
         "pretrained",
@@ -99,8 +99,8 @@ def compare_cmd(
     names = [b.strip() for b in backbones.split(",") if b.strip()]
     if not names:
         raise InputError("--backbones names no backbone")
-    if mode not in ("head", "finetune"):
-        raise ConfigError("--mode", f"got {mode!r}", "head, finetune")
+    if mode not in ("head", "last-stage", "finetune"):
+        raise ConfigError("--mode", f"got {mode!r}", "head, last-stage, finetune")
     if data is not None:
         labelled = labelled_from_folder(data)
         config = Config(classes=labelled.classes)

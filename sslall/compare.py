@@ -4,14 +4,14 @@ The images (a class-per-folder tree, or a workspace's labeled and holdout pools)
 deduplicated by content (byte-identical files would otherwise sit on both sides of the split),
 then split once, stratified and seeded: `test_fraction` is the test set, and `val_fraction`
 of the rest is the validation set that early stopping and temperature scaling use (the test set
-chooses nothing). Each backbone is then trained exactly as a round trains it (`fit_learner`: head
-or finetune mode, the workspace's `[train]` settings), calibrated on the validation set, and
+chooses nothing). Each backbone is then trained exactly as a round trains it (`fit_learner`: head,
+last-stage or finetune mode, the workspace's `[train]` settings), calibrated on the validation set, and
 scored on the test set with the whole network (backbone + head, from the image files), which is
 what the inference throughput measures.
 
 Throughputs are images per second of wall time on this machine: training counts every image
-pass of the training (head mode: the train and validation images whose features are extracted
-in a fresh cache, plus the head's epochs over the cached features, which are cheap; finetune:
+pass of the training (head and last-stage mode: the train and validation images whose features
+or maps are extracted in a fresh cache, plus the epochs over the cached rows; finetune:
 training rows times epochs run); inference counts test images, decoding included.
 """
 
@@ -176,8 +176,8 @@ def _one(config: Config, data: Labelled, name: str, train: list[int], val: list[
     learner = fit_learner(cfg, snapshot, cache_dir=cache_dir, seed=cfg.train.seed,
                           progress=progress)
     train_s = time.perf_counter() - started
-    passes = (len(rows) if learner.mode == "head"
-              else len(train) * sum(learner.train_report["epochs_run"]))
+    passes = (len(train) * sum(learner.train_report["epochs_run"]) if learner.mode == "finetune"
+              else len(rows))  # one pass of the (frozen part of the) backbone over the images
     temperature = learner.calibrate(learner.score(rows), snapshot).temperature
     model = Classifier(learner.backbone.module, learner.head, learner.backbone.scales).eval()
     samples = [(data.rows[i][0], data.rows[i][1]) for i in test]

@@ -60,6 +60,17 @@ def test_compare_two_backbones_on_the_same_split(tmp_path: Path, runner, monkeyp
     assert "error" not in rows[0] and "offline mode is on" in rows[1]["error"]
 
 
+def test_compare_in_last_stage_mode(tmp_path: Path, runner) -> None:
+    data = make_class_tree(tmp_path / "cells", per_class=6)
+    out = tmp_path / "cmp"
+    result = invoke(runner, "compare", "--backbones", "baseline-cnn", "--mode", "last-stage",
+                    "--weights", "random", "--data", data, "--epochs", "2", "--image-size", "32",
+                    "--out", out, "-w", tmp_path / "nowhere")
+    assert result.exit_code == 0, result.output
+    row = json.loads((out / "compare.json").read_text())["backbones"][0]
+    assert "error" not in row and 0 <= row["macro_f1"] <= 1 and row["train_images_per_s"] > 0
+
+
 def test_compare_refuses_bad_input_in_one_line(tmp_path: Path, runner) -> None:
     data = make_class_tree(tmp_path / "cells", per_class=3)
     unknown = invoke(runner, "compare", "--backbones", "resnet18,resnett50", "--data", data,
