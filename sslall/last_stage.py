@@ -97,14 +97,15 @@ class LastStage(nn.Module):
     def set_input_size(self, image_size: int) -> None:
         """Learn `map_shape` for square `image_size` inputs (one blank image through the frozen
         stages), for when every map comes from the cache."""
-        was_training = self.module.training
+        modes = {m: m.training for m in self.module.modules()}
         self.module.eval()
         try:
             with torch.inference_mode():
                 device = next(self.module.parameters()).device
                 self.frozen_maps(torch.zeros(1, 3, image_size, image_size, device=device))
         finally:
-            self.module.train(was_training)
+            for m, mode in modes.items():
+                m.training = mode
 
     def frozen_maps(self, x: Tensor) -> Tensor:
         """[N, C*H*W] maps of the frozen stages (flattened for the feature cache)."""
