@@ -116,7 +116,7 @@ def train_head(
         result = fit_rows(head, param_groups(head, lr, weight_decay), x, y, w, val_x, val_y,
                           num_classes=num_classes, epochs=epochs, batch_size=batch_size, lr=lr,
                           class_balance=class_balance, patience=patience, seed=seed, device=device,
-                          progress=progress)
+                          epoch_rows=MIN_EPOCH_ROWS, progress=progress)  # read now: benchmarks vary it
     log.debug("head trained: best epoch %d of %d", result.best_epoch, len(result.history))
     return result
 
