@@ -88,8 +88,8 @@ def last_stage(stage: LastStage, maps, y, rows, held, classes: int, *, seed: int
                   "train_seconds": round(result.seconds, 1)}
 
 
-def with_consistency(stage: LastStage, maps, y, rows, held, unlabeled, classes: int, *, seed: int,
-                     epochs: int, tau: float, lambda_u: float, mu: int, drop: float):
+def with_consistency(stage: LastStage, maps, y, rows, held, unlabeled, classes: int, *, width: int,
+                     seed: int, epochs: int, tau: float, lambda_u: float, mu: int, drop: float):
     """FixMatch on maps: supervised loss on class-balanced labeled draws plus, per step, `mu`
     times as many unlabeled maps trained to their confident unaugmented prediction."""
     t = DEFAULTS.train
@@ -100,8 +100,7 @@ def with_consistency(stage: LastStage, maps, y, rows, held, unlabeled, classes: 
     rng = np.random.default_rng(seed)
     started = time.perf_counter()
     with seeded(seed, torch.device("cpu")):
-        head = MLPHead(stage(torch.zeros(1, *shape)).shape[1], classes, hidden=t.head_hidden,
-                       dropout=t.dropout)
+        head = MLPHead(width, classes, hidden=t.head_hidden, dropout=t.dropout)
         model = nn.Sequential(stage, head)
         opt = torch.optim.AdamW([*param_groups(stage.trainable_parameters(), t.lr * STAGE_LR_FACTOR,
                                                t.weight_decay), *param_groups(head, t.lr, t.weight_decay)])
@@ -213,8 +212,9 @@ def main() -> int:
                 backbone.module.load_state_dict(pristine)  # every run starts from ImageNet
                 if name == "+ consistency":
                     head, info = with_consistency(stage, maps, y, rows, held, unlabeled, len(classes),
-                                                  seed=seed, epochs=epochs, tau=args.tau,
-                                                  lambda_u=args.lambda_u, mu=args.mu, drop=args.drop)
+                                                  width=backbone.num_features, seed=seed, epochs=epochs,
+                                                  tau=args.tau, lambda_u=args.lambda_u, mu=args.mu,
+                                                  drop=args.drop)
                 else:
                     head, info = last_stage(stage, maps, y, rows, held, len(classes), seed=seed,
                                             epochs=all_epochs if name == "all labels" else epochs)

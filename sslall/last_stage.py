@@ -25,14 +25,13 @@ from torch import nn
 from sslall.devices import seeded
 from sslall.errors import ModelError
 from sslall.models import BaselineCNN, MLPHead
-from sslall.train import MIN_EPOCH_ROWS, TrainResult, fit_rows, param_groups, prepare_rows
+from sslall.train import TrainResult, fit_rows, param_groups, prepare_rows
 
 __all__ = ["LastStage", "SUPPORTED", "flip_maps", "split_last_stage", "stage_embeddings",
            "train_last_stage"]
 
 Tensor = torch.Tensor
 STAGE_LR_FACTOR = 0.3  # the pretrained last stage learns at 0.3x the head's rate (as benchmarked)
-EPOCH_ROWS = MIN_EPOCH_ROWS
 SCORE_BATCH = 256  # maps scored at once: a last stage's activations are large
 
 
@@ -43,28 +42,28 @@ class _Family:
     trainable: Callable[[nn.Module], list[nn.Module]]  # the submodules `tail` trains
 
 
-def _family(module: nn.Module) -> tuple[str, _Family] | None:
+def _family(module: nn.Module) -> _Family | None:
     from timm.models.convnext import ConvNeXt
     from timm.models.efficientnet import EfficientNet
     from timm.models.resnet import ResNet
 
     if isinstance(module, EfficientNet):  # efficientnet*, tf_efficientnet*, mobilenetv2, mixnet, ...
-        return "EfficientNet", _Family(
+        return _Family(
             frozen=lambda m, x: m.blocks[:-1](m.bn1(m.conv_stem(x))),
             tail=lambda m, x: m.forward_head(m.bn2(m.conv_head(m.blocks[-1](x))), pre_logits=True),
             trainable=lambda m: [m.blocks[-1], m.conv_head, m.bn2])
     if isinstance(module, ResNet):  # resnet*, resnext*, seresnet*, ...
-        return "ResNet", _Family(
+        return _Family(
             frozen=lambda m, x: m.layer3(m.layer2(m.layer1(m.maxpool(m.act1(m.bn1(m.conv1(x))))))),
             tail=lambda m, x: m.forward_head(m.layer4(x), pre_logits=True),
             trainable=lambda m: [m.layer4])
     if isinstance(module, ConvNeXt):
-        return "ConvNeXt", _Family(
+        return _Family(
             frozen=lambda m, x: m.stages[:-1](m.stem(x)),
             tail=lambda m, x: m.forward_head(m.norm_pre(m.stages[-1](x)), pre_logits=True),
             trainable=lambda m: [m.stages[-1], m.norm_pre, m.head])
     if isinstance(module, BaselineCNN):  # the last conv block is its last stage
-        return "baseline-cnn", _Family(
+        return _Family(
             frozen=lambda m, x: m.features[:-4](x),
             tail=lambda m, x: torch.flatten(m.pool(m.features[-4:](x)), 1),
             trainable=lambda m: [m.features[-4:]])
@@ -83,10 +82,9 @@ class LastStage(nn.Module):
     flattened to [N, C*H*W] as the feature cache stores them.
     """
 
-    def __init__(self, module: nn.Module, family: str, parts: _Family) -> None:
+    def __init__(self, module: nn.Module, parts: _Family) -> None:
         super().__init__()
         self.module = module
-        self.family = family
         self._parts = parts
         self.map_shape: tuple[int, ...] | None = None
 
@@ -142,7 +140,7 @@ def split_last_stage(module: nn.Module, name: str = "") -> LastStage:
         label = f"'{name}' ({type(module).__name__})" if name else type(module).__name__
         raise ModelError(f'model.mode = "last-stage" does not know where the last stage of {label} '
                          f"begins; it supports {SUPPORTED}; use mode head or finetune")
-    return LastStage(module, *found)
+    return LastStage(module, found)
 
 
 def flip_maps(maps: Tensor, generator: torch.Generator, *, hflip: bool, vflip: bool) -> Tensor:
@@ -192,9 +190,9 @@ def train_last_stage(
 ) -> tuple[MLPHead, TrainResult]:
     """Train `stage` (in place) and a new `MLPHead` on flattened cached maps [N, C*H*W].
 
-    The loop, weights, class balance and early stopping are `train_head`'s (`fit_rows`); the
-    last stage learns at STAGE_LR_FACTOR x `lr`, an epoch draws at least EPOCH_ROWS rows, and
-    training batches are flipped (`flip_maps`). Both modules end holding the kept epoch's weights.
+    The loop, epoch size, weights, class balance and early stopping are `train_head`'s
+    (`fit_rows`); the last stage learns at STAGE_LR_FACTOR x `lr`, and training batches are
+    flipped (`flip_maps`). Both modules end holding the kept epoch's weights.
     """
     if stage.map_shape is None:
         raise ModelError("LastStage.map_shape is unknown; run frozen_maps or set it from the cache")
@@ -213,7 +211,7 @@ def train_last_stage(
                           epochs=epochs, batch_size=batch_size, lr=lr, class_balance=class_balance,
                           patience=patience, seed=seed, device=device,
                           augment=augment if hflip or vflip else None, score_batch=SCORE_BATCH,
-                          epoch_rows=EPOCH_ROWS, progress=progress)
+                          progress=progress)
     model.load_state_dict(result.state)
     model.eval()
     return head, result

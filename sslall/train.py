@@ -116,7 +116,7 @@ def train_head(
         result = fit_rows(head, param_groups(head, lr, weight_decay), x, y, w, val_x, val_y,
                           num_classes=num_classes, epochs=epochs, batch_size=batch_size, lr=lr,
                           class_balance=class_balance, patience=patience, seed=seed, device=device,
-                          epoch_rows=MIN_EPOCH_ROWS, progress=progress)  # read now: benchmarks vary it
+                          progress=progress)
     log.debug("head trained: best epoch %d of %d", result.best_epoch, len(result.history))
     return result
 
@@ -126,11 +126,11 @@ def fit_rows(
     val_x: np.ndarray | None, val_y: np.ndarray | None, *, num_classes: int, epochs: int,
     batch_size: int, lr: float, class_balance: str, patience: int, seed: int, device: torch.device,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-    score_batch: int = 8192, epoch_rows: int = MIN_EPOCH_ROWS, progress: Progress | None = None,
+    score_batch: int = 8192, epoch_rows: int | None = None, progress: Progress | None = None,
 ) -> TrainResult:
     """The epoch loop of `train_head`, for any `model` on rows of an array already in memory
     (validated by `prepare_rows`; weight-0 rows dropped): AdamW over `groups`, class-balanced or
-    shuffled draws of max(N, epoch_rows) rows an epoch, `augment(batch, generator)` on each
+    shuffled draws of max(N, epoch_rows or MIN_EPOCH_ROWS) rows an epoch, `augment(batch, generator)` on each
     training batch, early stopping on the validation macro-F1 (validation scored `score_batch`
     rows at a time). The caller seeds (`seeded`) so that building `model` is seeded too.
     """
@@ -145,7 +145,7 @@ def fit_rows(
     best = _Best(patience)
     for epoch in range(1, epochs + 1):
         model.train()
-        draws = max(len(y), epoch_rows)
+        draws = max(len(y), epoch_rows or MIN_EPOCH_ROWS)  # read at call time: benchmarks vary it
         order = (torch.multinomial(draw, draws, replacement=True, generator=generator)
                  if draw is not None else
                  torch.cat([torch.randperm(len(y), generator=generator)
