@@ -233,6 +233,8 @@ def extract_features(
         UnreadableImage: an image can no longer be decoded.
         ModelError: the backbone returns something other than finite [n, D] features.
     """
+    if forward is not None and not kind:
+        raise ValueError("extract_features: a custom `forward` needs a `kind` for its cache key")
     ids = [str(sample_id) for sample_id, _ in samples]
     name = (backbone_name or _architecture(backbone)) + (f"/{kind}" if kind else "")
     store = _open_store(cache, dist, name, backbone.weights_id,

@@ -174,6 +174,18 @@ def test_extract_features_to_memmap(tmp_path, backbone, monkeypatch):
     np.testing.assert_array_equal(np.load(tmp_path / "work" / "features.npy"), out)
 
 
+def test_a_custom_forward_is_cached_under_its_own_kind(tmp_path, backbone):
+    images = _images(tmp_path / "img", 3)
+    cache = FeatureCache(tmp_path / "cache")
+    pooled = extract_features(backbone, images, image_size=32, cache=cache)
+    doubled = extract_features(backbone, images, image_size=32, cache=cache, kind="doubled",
+                               forward=lambda x: 2 * backbone.features(x))
+    np.testing.assert_allclose(doubled, 2 * pooled, rtol=1e-2, atol=1e-3)  # float16 in the cache
+    assert len(list((tmp_path / "cache").glob("*/meta.json"))) == 2
+    with pytest.raises(ValueError, match="kind"):
+        extract_features(backbone, images, image_size=32, cache=cache, forward=backbone.features)
+
+
 def test_extract_features_rejects_non_finite_features(tmp_path):
     class Broken(torch.nn.Module):
         def forward(self, x):
