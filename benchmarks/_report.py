@@ -53,7 +53,7 @@ def data_root() -> Path:
 
 def pick_images(folder: Path, n: int) -> list[Path]:
     """n image files spread evenly over the sorted files under folder (deterministic)."""
-    from sslall.images import IMAGE_SUFFIXES
+    from sslall.data._images import IMAGE_SUFFIXES
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
@@ -65,7 +65,7 @@ def pick_images(folder: Path, n: int) -> list[Path]:
 
 def samples_of(paths: Sequence[Path]) -> list[tuple[str, str]]:
     """(sha256 id, path) pairs, as the pool store names samples."""
-    from sslall.images import sha256_file
+    from sslall.data._images import sha256_file
 
     return [(sha256_file(p), str(p)) for p in paths]
 

@@ -10,7 +10,7 @@ engine on the splits `bench_simulate.split` makes (a stratified 20 % test set, s
   labels each needs before the test macro-F1 reaches 95 % of the all-labels baseline of its seed.
 - `thresholds` (5c): one round-1 model per seed, then pseudo-label precision and coverage of the
   unlabeled pool at thresholds 0.7-0.99, fixed vs adaptive policy, with and without the kNN
-  filter (`sslall.route.decide_pseudo_labels`, the round's own selection code).
+  filter (`sslall.decide._route.decide_pseudo_labels`, the round's own selection code).
 
 Head mode, features cached per data set under --keep (the first run of a set extracts them).
 
@@ -171,11 +171,11 @@ def part_strategies(runner: Runner, seeds: list[int]) -> tuple[str, list[dict]]:
 
 def part_thresholds(runner: Runner, seeds: list[int]) -> tuple[str, list[dict]]:
     from sslall.config import Config, with_overrides
-    from sslall.learner import fit_learner
-    from sslall.pools import PoolStore
-    from sslall.rounds import take_snapshot
-    from sslall.route import decide_pseudo_labels
-    from sslall.simulate import SimulationSpec, link_cache, prepare_simulation
+    from sslall.decide._route import decide_pseudo_labels
+    from sslall.experiments._simulate import SimulationSpec, link_cache, prepare_simulation
+    from sslall.model._learner import fit_learner
+    from sslall.store._pools import PoolStore
+    from sslall.store._snapshot import take_snapshot
 
     base = Config(classes=("a", "b"))
     base = with_overrides(base, model={"mode": "head", "image_size": runner.ds.image_size})

@@ -29,10 +29,10 @@ from bench_simulate import split
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from sslall import train
-from sslall.data import ImageDataset, eval_transform, make_loader
-from sslall.models import EnsembleHead, MLPHead, create_backbone
-from sslall.simulate import class_folders
+from sslall.data._datasets import ImageDataset, eval_transform, make_loader
+from sslall.experiments._simulate import class_folders
+from sslall.model import _train as train
+from sslall.model._backbones import EnsembleHead, MLPHead, create_backbone
 
 STAGES = 4
 MIN_ROWS = train.MIN_EPOCH_ROWS  # sslall's default, restored after the comparison

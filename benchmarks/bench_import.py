@@ -153,22 +153,22 @@ def rate_profile(sampler: TreeSampler) -> dict:
 # -- profile ------------------------------------------------------------------------------
 
 _KEY_FUNCS = [  # (label, file suffix, function name)
-    ("list_source (walk + sort names)", "sslall/importer.py", "list_source"),
-    ("examine (worker: hash + decode)", "sslall/importer.py", "examine"),
-    ("· sha256_file", "sslall/images.py", "sha256_file"),
-    ("· inspect_image (open + full decode + RGB)", "sslall/images.py", "inspect_image"),
-    ("· · Image.open (header, plugin probing)", "sslall/images.py", "_open"),
-    ("· · _check_png_crcs", "sslall/images.py", "_check_png_crcs"),
-    ("· · _to_rgb (copy)", "sslall/images.py", "_to_rgb"),
-    ("_reconcile (PoolStore.get per file)", "sslall/importer.py", "_reconcile"),
-    ("_flush -> add_samples (3 INSERTs per row, commit)", "sslall/importer.py", "_flush"),
-    ("progress callback", "sslall/importer.py", "<lambda>"),
+    ("list_source (walk + sort names)", "sslall/store/_importer.py", "list_source"),
+    ("examine (worker: hash + decode)", "sslall/store/_importer.py", "examine"),
+    ("· sha256_file", "sslall/data/_images.py", "sha256_file"),
+    ("· inspect_image (open + full decode + RGB)", "sslall/data/_images.py", "inspect_image"),
+    ("· · Image.open (header, plugin probing)", "sslall/data/_images.py", "_open"),
+    ("· · _check_png_crcs", "sslall/data/_images.py", "_check_png_crcs"),
+    ("· · _to_rgb (copy)", "sslall/data/_images.py", "_to_rgb"),
+    ("_reconcile (PoolStore.get per file)", "sslall/store/_importer.py", "_reconcile"),
+    ("_flush -> add_samples (3 INSERTs per row, commit)", "sslall/store/_importer.py", "_flush"),
+    ("progress callback", "sslall/store/_importer.py", "<lambda>"),
 ]
 
 
 def profile_import(src: Path, workers: int, tmp: Path) -> dict:
-    from sslall.importer import import_source
-    from sslall.pools import PoolStore
+    from sslall.store._importer import import_source
+    from sslall.store._pools import PoolStore
 
     out = {}
     for profiled in (False, True):
@@ -313,7 +313,7 @@ def _write(r: dict, ms: list[dict], prof: dict, n: int, quick: bool) -> None:
           mb(_report.mib(m["main_hwm"])), f"{opt(m['workers_rss'])} ({m['n_workers']})",
           mb(_report.mib(m["tree_rss_peak_so_far"]))] for m in ms],
     )
-    from sslall.importer import BATCH, WINDOW
+    from sslall.store._importer import BATCH, WINDOW
 
     met = r["add_files_per_s"] >= TARGET_RATE
     growth = r["add_main_rss_growth_first10pct_to_end_mib"]

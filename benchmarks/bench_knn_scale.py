@@ -8,13 +8,13 @@ probes). Everything is measured side by side in one run, on the same arrays:
 
 - kNN agreement (the pseudo-label filter; k = 10, 70 % must agree): 2,000 candidate rows
   (fresh draws of the mixture, 10 % with a wrong label) against the 10^6 reference rows.
-  sslall's default path (`sslall.index.knn_agreement`, above `index.approx_above` = 200k rows:
+  sslall's default path (`sslall.decide._index.knn_agreement`, above `index.approx_above` = 200k rows:
   IVF, float16 storage), the same function with the exact index (`IndexFlatIP`), and
   scikit-learn `NearestNeighbors(algorithm="brute", metric="cosine")` with the same agreement
   rule. Recall@10 of the approximate neighbours against scikit-learn's exact ones, and how many
   pass/fail decisions differ.
 - Coreset (greedy k-center, budget 100) with 2,000 labeled rows as the initial centres:
-  `sslall.index.k_center_greedy` on all 10^6 rows (its centre search is exact faiss: 2,000
+  `sslall.decide._index.k_center_greedy` on all 10^6 rows (its centre search is exact faiss: 2,000
   centres is below `approx_above`); and on a 5*10^4-row subset of the pool, the same against a scikit-learn
   version (brute-force nearest centre, then the same greedy numpy loop), picks compared.
 - IVF vs HNSW (both float16) on a 10^5-row subset: build + search time and recall, the
@@ -101,7 +101,7 @@ def run(quick: bool) -> dict:
     import faiss
     from sklearn.neighbors import NearestNeighbors
 
-    from sslall.index import APPROX_ABOVE, ivf_lists, k_center_greedy, knn, knn_agreement
+    from sslall.decide._index import APPROX_ABOVE, ivf_lists, k_center_greedy, knn, knn_agreement
 
     size = {key: value[1 if quick else 0] for key, value in SIZES.items()}
     rng = np.random.default_rng(0)

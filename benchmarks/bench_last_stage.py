@@ -7,7 +7,7 @@ The maps (output of tf_efficientnet_lite0's blocks 0-5 at 224 px, float16) are e
 with `LastStage.frozen_maps` and kept in one .npy under --keep.
 
 Three trainers, each for several training seeds on the same split:
-- `last-stage`: `sslall.last_stage.train_last_stage` with the round's defaults;
+- `last-stage`: `sslall.model._last_stage.train_last_stage` with the round's defaults;
 - `+ consistency`: the same, plus a FixMatch-style loss on the unlabeled training maps (an
   experiment, not part of sslall): each step also draws unlabeled maps, predicts them
   unaugmented, and where the prediction's confidence is >= --tau trains the flipped,
@@ -34,10 +34,12 @@ from bench_simulate import split
 from torch import nn
 
 from sslall.config import Config
-from sslall.data import ImageDataset, eval_transform, make_loader
-from sslall.devices import seeded
-from sslall.importer import list_source
-from sslall.last_stage import (
+from sslall.data._datasets import ImageDataset, eval_transform, make_loader
+from sslall.decide._metrics import classification_metrics
+from sslall.experiments._simulate import SimulationSpec, class_folders, initial_split
+from sslall.model._backbones import MLPHead, create_backbone
+from sslall.model._devices import seeded
+from sslall.model._last_stage import (
     STAGE_LR_FACTOR,
     LastStage,
     flip_maps,
@@ -45,10 +47,8 @@ from sslall.last_stage import (
     stage_embeddings,
     train_last_stage,
 )
-from sslall.metrics import classification_metrics
-from sslall.models import MLPHead, create_backbone
-from sslall.simulate import SimulationSpec, class_folders, initial_split
-from sslall.train import param_groups
+from sslall.model._train import param_groups
+from sslall.store._importer import list_source
 
 DEFAULTS = Config(classes=("a", "b"))  # the round's training defaults
 
@@ -238,7 +238,7 @@ def main() -> int:
         f"{map_shape} output cached as float16, {map_mib:.0f} MiB for {len(entries):,} images; "
         "extraction " + (f"{extract_s} s" if extract_s is not None else "reused from an earlier run")
         + "). Trained: block 6, the head convolution and the round's MLP head, with "
-        "`sslall.last_stage.train_last_stage` and the round's defaults (`+ consistency` adds a "
+        "`sslall.model._last_stage.train_last_stage` and the round's defaults (`+ consistency` adds a "
         f"FixMatch-style loss on the unlabeled training maps: tau {args.tau}, lambda_u "
         f"{args.lambda_u}, mu {args.mu}, channel dropout {args.drop} on the flipped strong view). "
         f"Split seed 0 test set ({len(test_rows):,} images); starting labels = `sslall "

@@ -1,6 +1,6 @@
 """Long unattended use (issue 6): many consecutive rounds, watching for leaks and store growth.
 
-Workspace: synthetic cells (3 classes, 32 px, `sslall.synthetic`), 5 labeled and 10 holdout per
+Workspace: synthetic cells (3 classes, 32 px, `sslall.data._synthetic`), 5 labeled and 10 holdout per
 class, the rest unlabeled; head mode on the small `baseline-cnn`, 8 epochs, budget 10 a round,
 so every round trains, scores, pseudo-labels, routes and records for real, only small.
 
@@ -62,7 +62,7 @@ budget = 10
 
 def build(root: Path, per_class: int) -> Path:
     """The workspace described in the module docstring."""
-    from sslall.synthetic import write_dataset
+    from sslall.data._synthetic import write_dataset
 
     cells = root / "cells"
     samples = write_dataset(cells, CLASSES, per_class, size=32, seed=5, difficulty=0.3)
@@ -101,7 +101,7 @@ def _rss_mib() -> float:
 
 
 def _store(ws: Path) -> dict:
-    from sslall.pools import PoolStore
+    from sslall.store._pools import PoolStore
 
     with PoolStore(ws / "pools" / "pools.db") as store:
         pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
@@ -170,8 +170,8 @@ def main() -> None:
         rows = in_process(ws, rounds)
         cli = as_subprocesses(ws, cli_rounds)
         wall = time.perf_counter() - started
-        from sslall.integrity import check_store
-        from sslall.pools import PoolStore
+        from sslall.store._integrity import check_store
+        from sslall.store._pools import PoolStore
 
         with PoolStore(ws / "pools" / "pools.db") as store:
             violations = check_store(store, CLASSES)

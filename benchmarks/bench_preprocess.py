@@ -42,8 +42,8 @@ DOCS = REPO / "docs"
 
 def pictures() -> list[Path]:
     """docs/preprocess-<step>.png: a synthetic cell under an off stain, before | after."""
-    from sslall import preprocess as pre
-    from sslall.synthetic import render_cell
+    from sslall.data import _preprocess as pre
+    from sslall.data._synthetic import render_cell
 
     cell = np.asarray(render_cell(1, 3, np.random.default_rng(7), size=160), dtype=np.uint8)
     od = -np.log((cell.astype(np.float64) + 1) / 256)  # a darker, bluer staining of it
@@ -65,7 +65,7 @@ def pictures() -> list[Path]:
 def step_cost(files: list[Path]) -> dict[str, float]:
     """Milliseconds per image of each variant's preprocessing alone (decoded images in memory)."""
     from sslall.config import PreprocessConfig
-    from sslall.preprocess import make_preprocessor
+    from sslall.data._preprocess import make_preprocessor
 
     images = [Image.open(f).convert("RGB") for f in files]
     out = {}

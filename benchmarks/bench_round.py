@@ -10,7 +10,7 @@ from the feature cache: each step's seconds come from the round's own `seconds`.
 
 Target (issue 3): a second round on an unchanged pool spends >= 10x less time scoring than the
 first. In head mode scoring a round's pool is `extract_features` over every sample (called
-from the train step, timed here by wrapping `sslall.learner.extract_features`) plus the score
+from the train step, timed here by wrapping `sslall.model._learner.extract_features`) plus the score
 step (the head over those features).
 """
 
@@ -39,11 +39,11 @@ TARGET_SPEEDUP = 10.0
 
 
 def time_feature_extraction() -> list[float]:
-    """Wrap `sslall.learner.extract_features`; returns the list each call's seconds go to."""
-    import sslall.learner
+    """Wrap `sslall.model._learner.extract_features`; returns the list each call's seconds go to."""
+    import sslall.model._learner
 
     calls: list[float] = []
-    inner = sslall.learner.extract_features
+    inner = sslall.model._learner.extract_features
 
     def timed(*args: Any, **kwargs: Any) -> Any:
         t0 = time.perf_counter()
@@ -52,7 +52,7 @@ def time_feature_extraction() -> list[float]:
         finally:
             calls.append(time.perf_counter() - t0)
 
-    sslall.learner.extract_features = timed
+    sslall.model._learner.extract_features = timed
     return calls
 
 

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from sslall.models import Backbone
-    from sslall.score import FeatureCache
+    from sslall.model._backbones import Backbone
+    from sslall.model._features import FeatureCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
@@ -52,7 +52,7 @@ TARGET_RSS = 2 * 2**30
 def load_backbone() -> Backbone:
     """The default backbone as a round builds it (the config's default `feature_scales`)."""
     from sslall.config import ModelConfig
-    from sslall.models import create_backbone
+    from sslall.model._backbones import create_backbone
 
     return create_backbone(BACKBONE, pretrained=True, scales=ModelConfig().feature_scales)
 
@@ -70,7 +70,7 @@ def bare_pass(backbone: Backbone, x: torch.Tensor, batches: int) -> float:
 def pipeline_pass(backbone: Backbone, samples: list[tuple[str, str]], size: int, batch: int,
                   workers: int, cache_dir: Path, cache: FeatureCache | None = None
                   ) -> tuple[float, FeatureCache]:
-    from sslall.score import FeatureCache, extract_features
+    from sslall.model._features import FeatureCache, extract_features
 
     cache = cache if cache is not None else FeatureCache(cache_dir)
     t0 = time.perf_counter()
@@ -86,9 +86,9 @@ def components(backbone: Backbone, samples: list[tuple[str, str]], size: int, ba
     import numpy as np
     import torch
 
-    from sslall.data import eval_transform
-    from sslall.images import load_rgb
-    from sslall.score import FeatureCache
+    from sslall.data._datasets import eval_transform
+    from sslall.data._images import load_rgb
+    from sslall.model._features import FeatureCache
 
     transform = eval_transform(size, backbone.mean, backbone.std)
     for _, path in samples[:8]:  # warm-up: first calls of each op
@@ -133,8 +133,8 @@ def run_ratio(args: argparse.Namespace, tmp: Path) -> dict:
     """(a) and (b): `reps` rounds of bare / pipeline passes, ABC then CBA, in one process."""
     import torch
 
-    from sslall.data import eval_transform
-    from sslall.images import load_rgb
+    from sslall.data._datasets import eval_transform
+    from sslall.data._images import load_rgb
     paths = _report.pick_images(_report.data_root() / "all-taleqani", args.images)
     n = len(paths) - len(paths) % args.batch
     samples = _report.samples_of(paths[:n])  # reads every file once: the page cache is warm after
@@ -205,7 +205,7 @@ def profile_pipeline(backbone: Backbone, samples: list[tuple[str, str]], args: a
 
 def rss_child(spec: str, cache_dir: str, batch: int) -> None:
     """In the subprocess: extract features of N pbc-128 images (spec NxSIZExWORKERS), empty cache."""
-    from sslall.score import FeatureCache, extract_features
+    from sslall.model._features import FeatureCache, extract_features
 
     n, size, workers = (int(v) for v in spec.split("x"))
     paths = _report.pick_images(_report.data_root() / "pbc-128", n)

@@ -43,7 +43,7 @@ ROUNDS = 10
 
 def build_store(ws: Path, n: int, seed: int = 0) -> dict:
     """Fill the workspace's (empty) store with n samples the way add_samples writes them."""
-    from sslall.pools import PoolStore, utc_now
+    from sslall.store._pools import PoolStore, utc_now
 
     rng = np.random.default_rng(seed)
     pools = np.array(list(POOL_P))
@@ -166,7 +166,7 @@ def main() -> None:
                 total = sum(data["pools"].values())
                 if total != n:
                     raise SystemExit(f"status reports {total} samples, expected {n}")
-        from sslall.cli import status_data
+        from sslall.cli._app import status_data
         from sslall.workspace import Workspace
 
         wsobj = Workspace(ws)

@@ -30,10 +30,10 @@ from pathlib import Path
 
 from _report import emit, table, work_folder, write_section
 
-from sslall.cli import status_data
+from sslall.cli._app import status_data
 from sslall.config import Config
-from sslall.pools import Move, NewSample, PoolStore, RoundRecord, utc_now
-from sslall.rounds import take_snapshot
+from sslall.store._pools import Move, NewSample, PoolStore, RoundRecord, utc_now
+from sslall.store._snapshot import take_snapshot
 from sslall.workspace import create_workspace
 
 CLASSES = ("Benign", "Early", "Pre", "Pro")
@@ -61,7 +61,7 @@ def timed(fn, *args, **kwargs) -> tuple[object, float]:
 
 
 def run(n: int, root: Path) -> dict:
-    from sslall.integrity import check_store
+    from sslall.store._integrity import check_store
 
     config = Config(classes=CLASSES)
     ws = create_workspace(root / "ws", config)

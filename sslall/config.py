@@ -91,7 +91,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Literature preprocessing applied before the transforms (see `sslall.preprocess`)."""
+    """Literature preprocessing applied before the transforms (see `sslall.data._preprocess`)."""
 
     stain_norm: str = "none"
     clahe: bool = False
@@ -106,7 +106,7 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """faiss nearest-neighbour search (kNN agreement, coreset); see `sslall.index`."""
+    """faiss nearest-neighbour search (kNN agreement, coreset); see `sslall.decide._index`."""
 
     approx_above: int = 200_000
     approx: str = "auto"

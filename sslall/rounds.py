@@ -12,7 +12,7 @@ on their own, before training, so the round trains on them) and, after its commi
 review queue. Server trouble never fails a round: it becomes one line in `warnings`, the review
 queue stays as it is, and the next pull or push catches up.
 
-Under torchrun (`dist`, see `sslall.distributed`) rank 0 runs this same round and alone takes
+Under torchrun (`dist`, see `sslall.model._distributed`) rank 0 runs this same round and alone takes
 the lock, reads and writes the store, the cache and the run folder; once its snapshot is ready
 it sends it to the other ranks, which train (DDP) and score their shards with it, then return.
 """
@@ -20,8 +20,6 @@ it sends it to the other ranks, which train (DDP) and score their shards with it
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import sqlite3
 import time
 from collections import Counter
@@ -33,40 +31,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sslall._faults import fault_point
 from sslall.config import Config
-from sslall.distributed import Dist, RankZeroFailed, broadcast, record_exit_code
+from sslall.data._images import sha256_file
 from sslall.errors import SslallError, UsageError
-from sslall.faults import fault_point
-from sslall.images import sha256_file
-from sslall.pools import SCORED_POOLS, Move, PoolStore, RoundRecord, Sample, utc_now
+from sslall.model._distributed import Dist, RankZeroFailed, broadcast, record_exit_code
+from sslall.store._pools import Move, PoolStore, RoundRecord, utc_now
+from sslall.store._snapshot import Snapshot, take_snapshot
 from sslall.workspace import Workspace, round_lock
 
 if TYPE_CHECKING:
-    from sslall.learner import Calibration, Learner
+    from sslall.model._learner import Calibration, Learner
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class Snapshot:
-    """The rows a round works on, read once at its start."""
-
-    classes: tuple[str, ...]
-    rows: list[Sample]
-    quarantine: list[Move] = field(default_factory=list)
-
-    def mask(self, *pools: str) -> np.ndarray:
-        return np.array([s.pool in pools for s in self.rows], dtype=bool)
-
-    def human_mask(self) -> np.ndarray:
-        return np.array([s.pool == "labeled" for s in self.rows], dtype=bool)
-
-    def label_index(self) -> np.ndarray:
-        """Class index of each row, -1 where it has no label."""
-        lookup = {c: i for i, c in enumerate(self.classes)}
-        return np.array([lookup.get(s.label, -1) for s in self.rows], dtype=np.int64)
 
 
 @dataclass
@@ -92,10 +71,6 @@ class RoundResult:
                 "metrics": self.metrics, "previous_metrics": self.previous_metrics,
                 "pools": self.pools, "seconds": self.seconds, "labelstudio": self.labelstudio,
                 "warnings": self.warnings}
-
-
-def take_snapshot(store: PoolStore, classes: tuple[str, ...]) -> Snapshot:
-    return Snapshot(classes, list(store.samples(SCORED_POOLS)))
 
 
 def verify_files(snapshot: Snapshot, progress: Progress | None = None) -> Snapshot:
@@ -153,11 +128,11 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
     commits (the simulator scores its test set there); it must not touch the store.
     Ranks other than 0 of a torchrun group return None.
     """
-    from sslall.labelstudio import pull_if_configured, push_if_configured
-    from sslall.learner import fit_learner
-    from sslall.metrics import classification_metrics
-    from sslall.route import decide_pseudo_labels, decide_routing
-    from sslall.runfiles import write_run_dir
+    from sslall.decide._metrics import classification_metrics
+    from sslall.decide._route import decide_pseudo_labels, decide_routing
+    from sslall.labelstudio._sync import pull_if_configured, push_if_configured
+    from sslall.model._learner import fit_learner
+    from sslall.report._runfiles import write_run_dir
 
     if dist is not None and not dist.is_main:
         return _follow_round(ws, config, dist)
@@ -207,9 +182,9 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
                 extra = {"calibration": calibration.report, "thresholds": pseudo.thresholds,
                          "pseudo_per_class": pseudo.per_class, "mode": learner.mode,
                          "device": str(learner.device), "train": learner.train_report}
-                write_run_dir(ws, round_no, learner, calibration.temperature, result, extra,
-                              snapshot, probs, moves, routing.weights,
-                              embeddings=scores.embeddings)
+                write_run_dir(ws, round_no, learner, calibration.temperature,
+                              {**result.summary(), **extra}, snapshot, probs, moves,
+                              routing.weights, embeddings=scores.embeddings)
                 fault_point("run-dir-renamed")
                 store.apply_moves(moves, round_no=round_no, weights=routing.weights,
                                   record=RoundRecord(round_no, started, {
@@ -246,7 +221,7 @@ def _leading(dist: Dist | None) -> Iterator[Callable[[Snapshot, int], None]]:
 
 def _follow_round(ws: Workspace, config: Config, dist: Dist) -> None:
     """A rank other than 0: take rank 0's snapshot, train and score with it, then return."""
-    from sslall.learner import fit_learner
+    from sslall.model._learner import fit_learner
 
     message = broadcast(dist)
     if isinstance(message, RankZeroFailed):
@@ -279,13 +254,3 @@ def _pools_after(before: dict[str, int], moves: list[Move]) -> dict[str, int]:
         after[m.to_pool] = after.get(m.to_pool, 0) + 1
     after.pop("", None)
     return after
-
-
-def remove_stale_run_dir(path: Path) -> None:
-    """Delete a round folder left by a round whose store commit never happened."""
-    if path.exists():
-        shutil.rmtree(path)
-
-
-def partial_dir(ws: Workspace, round_no: int) -> Path:
-    return ws.runs_dir / f".partial-round-{round_no:04d}-{os.getpid()}"

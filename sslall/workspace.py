@@ -65,6 +65,10 @@ class Workspace:
     def round_dir(self, round_no: int) -> Path:
         return self.runs_dir / f"round-{round_no:04d}"
 
+    def partial_round_dir(self, round_no: int) -> Path:
+        """Where a round writes its folder before renaming it into place (one per process)."""
+        return self.runs_dir / f".partial-round-{round_no:04d}-{os.getpid()}"
+
     def config(self) -> Config:
         return load_config(self.config_path)
 
@@ -73,7 +77,7 @@ def create_workspace(root: Path, config: Config) -> Workspace:
     """Make a new workspace: the config file, an empty pool store and runs/."""
     from sslall.config import render_config
     from sslall.errors import UsageError
-    from sslall.pools import PoolStore
+    from sslall.store._pools import PoolStore
 
     ws = Workspace(root.expanduser().resolve())
     if ws.config_path.exists():

@@ -23,7 +23,7 @@ from conftest import invoke, write_image
 from PIL import Image
 from test_rounds import build_workspace
 
-from sslall.pools import PoolStore
+from sslall.store._pools import PoolStore
 
 
 @pytest.fixture(scope="module")

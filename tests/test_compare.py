@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import CLASSES, invoke, make_class_tree
 
-from sslall.compare import Labelled, split_labelled
+from sslall.experiments._compare import Labelled, split_labelled
 
 
 def test_split_is_stratified_seeded_and_disjoint() -> None:

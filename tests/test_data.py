@@ -1,4 +1,4 @@
-"""Tests for sslall.data: transforms, stain jitter, dataset and loader (tiny synthetic images)."""
+"""Tests for sslall.data._datasets: transforms, stain jitter, dataset and loader (tiny synthetic images)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from sslall import data
 from sslall.config import AugmentConfig
-from sslall.images import UnreadableImage
+from sslall.data import _datasets as data
+from sslall.data._images import UnreadableImage
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -27,8 +27,8 @@ import pytest
 from conftest import sslall
 from test_rounds import build_workspace
 
-from sslall.distributed import DealtSampler, shard_bounds
-from sslall.pools import PoolStore
+from sslall.model._distributed import DealtSampler, shard_bounds
+from sslall.store._pools import PoolStore
 
 NO_AUGMENT = """
 [augment]
@@ -118,7 +118,7 @@ def test_cached_input_round_under_torchrun_is_exact_and_only_rank_0_writes(
 
 
 def test_shards_cover_every_row_once() -> None:
-    from sslall.distributed import Dist
+    from sslall.model._distributed import Dist
 
     for n in (0, 1, 5, 72):
         bounds = [shard_bounds(n, Dist(r, 3, r, "gloo", None)) for r in range(3)]  # type: ignore[arg-type]

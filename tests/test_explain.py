@@ -11,9 +11,9 @@ import torch
 from conftest import CLASSES, invoke, write_image
 from PIL import Image
 
-from sslall.checkpoints import save_checkpoint
-from sslall.explain import Explainer, target_layer
-from sslall.models import BASELINE_CNN, Classifier, MLPHead, create_backbone
+from sslall.model._backbones import BASELINE_CNN, Classifier, MLPHead, create_backbone
+from sslall.model._checkpoints import save_checkpoint
+from sslall.report._gradcam import Explainer, target_layer
 
 
 def make_checkpoint(directory: Path, backbone: str, image_size: int, seed: int = 0) -> Path:

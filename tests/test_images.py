@@ -1,4 +1,4 @@
-"""Tests for sslall.images: every kind of bad file, and the documented RGB conversion."""
+"""Tests for sslall.data._images: every kind of bad file, and the documented RGB conversion."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
-from sslall import images
-from sslall.images import ImageInfo, UnreadableImage, inspect_image, load_rgb, sha256_file
+from sslall.data import _images as images
+from sslall.data._images import ImageInfo, UnreadableImage, inspect_image, load_rgb, sha256_file
 
 LIMIT = 50_000_000
 
@@ -378,6 +378,6 @@ def test_suffixes_are_lowercase_with_dots() -> None:
 
 
 def test_module_imports_without_torch() -> None:
-    code = "import sys, sslall.images; sys.exit('torch' in sys.modules)"
+    code = "import sys, sslall.data._images; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0

@@ -9,8 +9,8 @@ from conftest import CLASSES, invoke, make_class_tree, write_image
 from PIL import Image
 
 from sslall.errors import InputError
-from sslall.importer import import_source
-from sslall.pools import PoolStore
+from sslall.store._importer import import_source
+from sslall.store._pools import PoolStore
 
 MAX_PIXELS = 1_000_000
 
@@ -88,7 +88,7 @@ def test_folder_import_ids_duplicates_and_readd(store: PoolStore, tmp_path: Path
 def test_folder_import_streams_without_listing_the_folder(store: PoolStore, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """A folder is walked (to count, then to import), never materialised as a list of entries."""
-    from sslall import importer
+    from sslall.store import _importer as importer
 
     src = make_class_tree(tmp_path / "src", per_class=4)
     monkeypatch.setattr(importer, "list_source", lambda *a, **k: pytest.fail("listed the folder"))

@@ -1,11 +1,11 @@
-"""sslall.index: exact answers on small hand-made arrays, checked against brute-force numpy."""
+"""sslall.decide._index: exact answers on small hand-made arrays, checked against brute-force numpy."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from sslall.index import (
+from sslall.decide._index import (
     k_center_greedy,
     kmeans,
     knn,

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from conftest import CLASSES, headless_chromium, invoke, paused, sslall, write_image
 
-from sslall import labelstudio_records as records
 from sslall.config import Config, LabelStudioConfig, load_config
+from sslall.data._images import sha256_file
 from sslall.errors import ConfigError, LabelStudioError, NotFoundError
-from sslall.images import sha256_file
-from sslall.labelstudio_client import (
+from sslall.labelstudio import _records as records
+from sslall.labelstudio._client import (
     LabelStudioClient,
     choice_result,
     config_choices,
@@ -31,7 +31,7 @@ from sslall.labelstudio_client import (
     label_config,
     read_api_key,
 )
-from sslall.pools import Move, NewSample, PoolStore
+from sslall.store._pools import Move, NewSample, PoolStore
 from sslall.workspace import create_workspace
 
 pytestmark = pytest.mark.labelstudio
@@ -113,7 +113,7 @@ def test_labelstudio_config_is_validated(tmp_path: Path) -> None:
 
 
 def _label_studio_or_fail() -> Path:
-    from sslall.labelstudio_server import find_binary
+    from sslall.labelstudio._server import find_binary
 
     if os.environ.get("SSLALL_SKIP_LABEL_STUDIO"):
         pytest.skip("SSLALL_SKIP_LABEL_STUDIO is set")
@@ -127,7 +127,7 @@ class Server:
     """A server on a data folder (a copy of the session's template) that a test controls."""
 
     def __init__(self, data_dir: Path, root: Path | None, port: int | None = None) -> None:
-        from sslall.labelstudio_server import free_port
+        from sslall.labelstudio._server import free_port
 
         self.data_dir, self.root = data_dir, root
         self.port = port or free_port()
@@ -144,7 +144,7 @@ class Server:
         return self.key_file.read_text().strip()
 
     def start(self, timeout: float = 300) -> Server:
-        from sslall.labelstudio_server import start, wait_healthy
+        from sslall.labelstudio._server import start, wait_healthy
 
         self.proc = start(self.data_dir, self.port, document_root=self.root)
         wait_healthy(self.url, self.proc, timeout=timeout, log=self.data_dir / "server.log")
@@ -239,7 +239,7 @@ def pools(ws: Path) -> dict[str, int]:
 
 
 def assert_store_ok(ws: Path) -> None:
-    from sslall.integrity import check_store
+    from sslall.store._integrity import check_store
 
     with PoolStore(ws / "pools" / "pools.db") as store:
         assert check_store(store, CLASSES, files=False) == []
@@ -354,7 +354,7 @@ def test_uploaded_images(ls: Server, tmp_path: Path, runner) -> None:
 
 def test_every_failure_is_one_line_and_never_shows_the_key(ls: Server, tmp_path: Path, runner,
                                                            monkeypatch) -> None:
-    from sslall.labelstudio_server import free_port
+    from sslall.labelstudio._server import free_port
 
     monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
     ws, _ = review_ws(tmp_path, ls, n=1)
@@ -396,8 +396,8 @@ def test_inside_a_round_a_dead_server_or_bad_key_is_one_warning_line(ls: Server,
                                                                     ) -> None:
     from dataclasses import replace
 
-    from sslall.labelstudio import pull_if_configured, push_if_configured
-    from sslall.labelstudio_server import free_port
+    from sslall.labelstudio._server import free_port
+    from sslall.labelstudio._sync import pull_if_configured, push_if_configured
     from sslall.workspace import Workspace
 
     root, _ = review_ws(tmp_path, ls, n=3)
@@ -576,7 +576,7 @@ def test_no_process_has_the_api_key_in_its_arguments(ls: Server) -> None:
 
 def test_server_killed_in_the_middle_of_a_push_and_restarted(ls_template: Path, tmp_path: Path,
                                                              tmp_path_factory, runner) -> None:
-    from sslall.labelstudio_server import free_port
+    from sslall.labelstudio._server import free_port
 
     data, root = tmp_path / "server", tmp_path_factory.getbasetemp()
     shutil.copytree(ls_template, data)

@@ -10,11 +10,11 @@ import torch
 from conftest import invoke
 from test_rounds import copy_ws, template_ws  # noqa: F401  (module-scoped fixture)
 
-from sslall.checkpoints import write_safetensors
 from sslall.errors import ModelError
-from sslall.inference import Predictor
-from sslall.last_stage import flip_maps, split_last_stage, stage_embeddings, train_last_stage
-from sslall.models import BaselineCNN
+from sslall.model._backbones import BaselineCNN
+from sslall.model._checkpoints import write_safetensors
+from sslall.model._inference import Predictor
+from sslall.model._last_stage import flip_maps, split_last_stage, stage_embeddings, train_last_stage
 
 FAMILIES = ["baseline-cnn", "tf_efficientnet_lite0", "resnet18", "convnext_atto"]
 

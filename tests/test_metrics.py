@@ -13,7 +13,12 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from sslall.metrics import classification_metrics, expected_calibration_error, fit_temperature, softmax
+from sslall.decide._metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    softmax,
+)
 
 CLASSES = ["L1", "L2", "L3", "L4"]
 

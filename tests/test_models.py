@@ -12,10 +12,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from sslall import checkpoints
-from sslall.checkpoints import LITE0, LITE0_WEIGHTS_ID, lite0_imagenet_state_dict, lite0_package_file
 from sslall.errors import ModelError, NotFoundError
-from sslall.models import (
+from sslall.model import _checkpoints as checkpoints
+from sslall.model._backbones import (
     BASELINE_CNN,
     Classifier,
     EnsembleHead,
@@ -25,6 +24,7 @@ from sslall.models import (
     load_checkpoint,
     save_checkpoint,
 )
+from sslall.model._checkpoints import LITE0, LITE0_WEIGHTS_ID, lite0_imagenet_state_dict, lite0_package_file
 
 META = {
     "classes": ["blast", "lymphocyte", "neutrophil"],
@@ -186,7 +186,8 @@ def test_offline_flag_refuses_hub_without_probing(monkeypatch: pytest.MonkeyPatc
     hub_constants = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("SSLALL_OFFLINE", "1")
-    monkeypatch.setattr("sslall.models._probe", lambda host, port: pytest.fail("probed the network"))
+    monkeypatch.setattr("sslall.model._backbones._probe",
+                        lambda host, port: pytest.fail("probed the network"))
     with pytest.raises(ModelError, match="offline mode is on"):
         create_backbone("resnet18", pretrained=True)
 

@@ -4,10 +4,10 @@ from pathlib import Path
 import pytest
 from conftest import write_image
 
+from sslall.data._images import sha256_file
 from sslall.errors import IntegrityError
-from sslall.images import sha256_file
-from sslall.integrity import check_store
-from sslall.pools import Move, NewSample, PoolStore, RoundRecord
+from sslall.store._integrity import check_store
+from sslall.store._pools import Move, NewSample, PoolStore, RoundRecord
 
 CLASSES = ("A", "B")
 
@@ -120,7 +120,7 @@ def test_pool_store_imports_without_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, sslall.pools, sslall.config, sslall.workspace, sslall.images,"
-            " sslall.importer, sslall.integrity, sslall.cli; "
+    code = ("import sys, sslall.store._pools, sslall.config, sslall.workspace, sslall.data._images,"
+            " sslall.store._importer, sslall.store._integrity, sslall.cli._app; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,14 +11,14 @@ import pytest
 import torch
 from PIL import Image
 
-from sslall import preprocess as pre
 from sslall.config import Config, PreprocessConfig, config_from_dict, with_overrides
-from sslall.data import eval_transform, transform_key
+from sslall.data import _preprocess as pre
+from sslall.data._datasets import eval_transform, transform_key
+from sslall.data._synthetic import render_cell
 from sslall.errors import ConfigError
-from sslall.inference import checkpoint_preprocess
-from sslall.models import BASELINE_CNN, create_backbone
-from sslall.score import FeatureCache, extract_features
-from sslall.synthetic import render_cell
+from sslall.model._backbones import BASELINE_CNN, create_backbone
+from sslall.model._features import FeatureCache, extract_features
+from sslall.model._inference import checkpoint_preprocess
 
 
 def _cell(seed: int = 0, size: int = 64) -> np.ndarray:

@@ -22,7 +22,7 @@ from conftest import invoke, paused, sslall, write_image
 from test_rounds import build_workspace, copy_ws, sample_rows
 from typer.testing import CliRunner
 
-from sslall.pools import PoolStore
+from sslall.store._pools import PoolStore
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +235,7 @@ def test_a_pickle_handed_to_checkpoint_is_refused_and_never_loaded(tmp_path: Pat
     bad.write_bytes(pickle.dumps(_Canary(canary), protocol=4))
     targets = [bad]
     if name == "model.safetensors":   # a checkpoint folder whose weights were swapped
-        from sslall.checkpoints import REQUIRED_META_KEYS
+        from sslall.model._checkpoints import REQUIRED_META_KEYS
 
         (bad.parent / "model.json").write_text(json.dumps(dict.fromkeys(REQUIRED_META_KEYS, 1)))
         targets.append(bad.parent)
@@ -252,7 +252,7 @@ SECRET = "sslall-test-secret-0123456789abcdef"
 
 def test_the_api_key_stays_out_of_output_logs_and_errors(template: Path, tmp_path: Path,
                                                          runner, monkeypatch) -> None:
-    from sslall.labelstudio_server import free_port
+    from sslall.labelstudio._server import free_port
 
     ws = copy_ws(template, tmp_path)
     config = ws / "sslall.toml"
@@ -279,7 +279,7 @@ def test_the_api_key_stays_out_of_output_logs_and_errors(template: Path, tmp_pat
 
 def test_the_server_gets_the_key_in_its_environment_never_its_arguments(tmp_path: Path) -> None:
     """`labelstudio up` starts the server with the key; /proc shows what any user could read."""
-    from sslall.labelstudio_server import credentials, start
+    from sslall.labelstudio._server import credentials, start
 
     fake = tmp_path / "label-studio"   # stands in for the server binary: it only waits
     fake.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(60)\n")

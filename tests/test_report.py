@@ -15,7 +15,7 @@ from conftest import headless_chromium, invoke
 from PIL import Image
 from test_rounds import build_workspace
 
-from sslall.report_data import read_embeddings, read_reliability, reliability_bins
+from sslall.report._data import read_embeddings, read_reliability, reliability_bins
 
 
 def test_reliability_bins_count_confidence_and_accuracy() -> None:

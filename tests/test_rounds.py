@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import invoke, paused, sslall
 
-from sslall.faults import POINTS
-from sslall.pools import PoolStore
-from sslall.synthetic import write_dataset
+from sslall._faults import POINTS
+from sslall.data._synthetic import write_dataset
+from sslall.store._pools import PoolStore
 from sslall.workspace import Workspace, round_lock
 
 CLASSES = ("L1", "L2", "L3")

@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from sslall import score
-from sslall.data import eval_transform, transform_key
+from sslall.data._datasets import eval_transform, transform_key
+from sslall.data._images import load_rgb
 from sslall.errors import ModelError
-from sslall.images import load_rgb
-from sslall.models import BASELINE_CNN, Classifier, MLPHead, create_backbone
-from sslall.score import FeatureCache, extract_features, mc_dropout_probs, predict
+from sslall.model import _features as score
+from sslall.model._backbones import BASELINE_CNN, Classifier, MLPHead, create_backbone
+from sslall.model._features import FeatureCache, extract_features, mc_dropout_probs, predict
 
 KEY = ("arch/d8", "random-1234", "eval-v1/size=32")
 

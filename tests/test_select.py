@@ -1,4 +1,4 @@
-"""sslall.select: exact thresholds, masks, caps and rankings on hand-made arrays."""
+"""sslall.decide._select: exact thresholds, masks, caps and rankings on hand-made arrays."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sslall.config import CHOICES
-from sslall.select import (
+from sslall.decide._select import (
     BATCH_STRATEGIES,
     POLICIES,
     STRATEGIES,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import invoke
 
-from sslall.synthetic import write_dataset
+from sslall.data._synthetic import write_dataset
 
 
 def test_simulate_reports_every_round_and_never_touches_the_test_set(tmp_path: Path,

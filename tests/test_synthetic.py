@@ -1,4 +1,4 @@
-"""Tests for sslall.synthetic: determinism, file layout, argument checks and learnability."""
+"""Tests for sslall.data._synthetic: determinism, file layout, argument checks and learnability."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sslall.synthetic import SyntheticSample, render_cell, write_dataset
+from sslall.data._synthetic import SyntheticSample, render_cell, write_dataset
 
 
 def _bytes(paths: list[Path]) -> list[bytes]:

@@ -1,0 +1,2 @@
+"""Image data: safe decoding, preprocessing, torch datasets and transforms, synthetic cells.
+"""

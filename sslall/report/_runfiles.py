@@ -1,0 +1,80 @@
+"""The files of one round: `runs/round-NNNN/` with the checkpoint, metrics and predictions.
+
+Written into a partial folder first and renamed into place, so a reader never sees half a round.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from sslall._faults import fault_point
+from sslall._fsutil import fsync_dir, write_atomic
+from sslall.store._pools import Move
+
+if TYPE_CHECKING:
+    from sslall.model._learner import Learner
+    from sslall.store._snapshot import Snapshot
+    from sslall.workspace import Workspace
+
+PREDICTION_COLUMNS = ("sample_id", "path", "pool", "label", "prediction", "confidence", "margin",
+                      "entropy", "routed_to")
+
+
+def write_run_dir(ws: Workspace, round_no: int, learner: Learner, temperature: float,
+                  summary: dict, snapshot: Snapshot, probs: np.ndarray,
+                  moves: list[Move], weights: dict[str, float],
+                  embeddings: np.ndarray | None = None) -> None:
+    """Write checkpoint, metrics.json (`summary`: the round's record and its extras),
+    predictions.csv and the report's data (reliability, embedding sample; `sslall.report._data`),
+    then rename the folder into place."""
+    from sslall.model._checkpoints import save_checkpoint
+    from sslall.report._data import write_report_data
+
+    final = ws.round_dir(round_no)
+    tmp = ws.partial_round_dir(round_no)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        state, meta = learner.checkpoint(temperature=temperature, round_no=round_no,
+                                         metrics=summary["metrics"])
+        save_checkpoint(tmp, state, meta)
+        fault_point("checkpoint-written")
+        write_atomic(tmp / "metrics.json", json.dumps(summary, indent=2, default=float))
+        _write_predictions(tmp / "predictions.csv", snapshot, probs, moves, weights)
+        write_report_data(tmp, snapshot, probs, temperature, embeddings, seed=round_no)
+        fsync_dir(tmp)
+    except BaseException:  # a full disk, say: leave no half-written folder taking space
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():  # left by a round that never committed: the store is the truth
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+
+
+def _write_predictions(path, snapshot: Snapshot, probs: np.ndarray, moves: list[Move],
+                       weights: dict[str, float]) -> None:
+    routed = {m.sample_id: m.to_pool for m in moves}
+    top2 = np.sort(probs, axis=1)[:, -2:] if probs.shape[1] > 1 else np.hstack([probs, probs])
+    margin = top2[:, 1] - top2[:, 0]
+    entropy = -(probs * np.log(np.clip(probs, 1e-12, 1))).sum(1)
+    pred = probs.argmax(1)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(PREDICTION_COLUMNS)
+        for i, s in enumerate(snapshot.rows):
+            to = routed.get(s.id) or ("up-weighted" if s.id in weights else "")
+            writer.writerow([s.id, s.path, s.pool, s.label or "", snapshot.classes[pred[i]],
+                             f"{probs[i, pred[i]]:.5f}", f"{margin[i]:.5f}", f"{entropy[i]:.5f}",
+                             to])
+        for m in snapshot.quarantine:
+            writer.writerow([m.sample_id, "", m.from_pool, "", "", "", "", "", "quarantine"])
+        handle.flush()
+        os.fsync(handle.fileno())

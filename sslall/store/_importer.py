@@ -1,0 +1,304 @@
+"""`sslall add`: bring images into a pool, safely and in a stream.
+
+A source is a folder (class sub-folders for labeled/holdout, any tree for unlabeled) or a CSV
+manifest (`path`, optional `label`, `patient`; paths relative to the manifest and never outside
+its folder; each file on one row only). The source is validated first (cheap: names only; a
+folder is walked once to count it and again to import, so memory does not grow with its size),
+then every file is hashed and fully decoded in worker processes, a bounded window at a time,
+and committed in batches: a killed import leaves complete batches, and re-running it picks up
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from hashlib import sha256
+from itertools import islice
+from pathlib import Path
+
+from sslall.data._images import IMAGE_SUFFIXES, UnreadableImage, inspect_image, sha256_file
+from sslall.errors import InputError, NotFoundError, UsageError
+from sslall.store._holdout import HoldoutPlanner
+from sslall.store._pools import NewSample, PoolStore
+
+IMPORT_POOLS = ("labeled", "unlabeled", "holdout")
+WINDOW = 1024
+BATCH = 512
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file named by a source, before it is read."""
+
+    path: str
+    label: str | None
+    patient: str | None
+
+
+@dataclass
+class ImportReport:
+    """What an import did; every list holds (path, detail) pairs."""
+
+    added: Counter = field(default_factory=Counter)
+    already_present: int = 0
+    promoted: int = 0
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    conflicts: list[tuple[str, str]] = field(default_factory=list)
+    quarantined: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "added": dict(self.added), "already_present": self.already_present,
+            "promoted": self.promoted,
+            "duplicates": [{"path": p, "same_as": o} for p, o in self.duplicates],
+            "conflicts": [{"path": p, "detail": d} for p, d in self.conflicts],
+            "quarantined": [{"path": p, "reason": r} for p, r in self.quarantined],
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+        }
+
+
+def list_source(source: Path, pool: str, classes: Sequence[str]) -> list[Entry]:
+    """Validate a source and list its entries (names only, nothing is read yet)."""
+    if pool not in IMPORT_POOLS:
+        raise UsageError(f"cannot add to pool {pool!r} (allowed: {', '.join(IMPORT_POOLS)})")
+    if not os.path.lexists(source):
+        raise NotFoundError(f"source {source} does not exist")
+    if source.is_file():
+        entries = list(_read_manifest(source, classes))
+    elif source.is_dir():
+        entries = list(_walk_folder(source, pool, classes))
+    else:
+        raise InputError(f"source {source} is neither a folder nor a CSV manifest")
+    if pool in ("labeled", "holdout"):
+        unlabeled = [e.path for e in entries if e.label is None]
+        if unlabeled:
+            raise InputError(
+                f"{len(unlabeled)} entries have no label, e.g. {unlabeled[0]!r}; "
+                f"the {pool} pool needs a label for every image"
+            )
+    return entries
+
+
+def _walk_folder(root: Path, pool: str, classes: Sequence[str]) -> Iterator[Entry]:
+    root = Path(os.path.abspath(root))
+    if pool == "unlabeled":
+        for entry in _walk_images(root):
+            yield Entry(entry, None, None)
+        return
+    subdirs = sorted(d.name for d in os.scandir(root) if d.is_dir(follow_symlinks=False))
+    unknown = [d for d in subdirs if d not in classes]
+    if unknown:
+        raise InputError(
+            f"folder {root} has sub-folder(s) {unknown} that are not classes "
+            f"(allowed: {', '.join(classes)})"
+        )
+    if not subdirs:
+        raise InputError(
+            f"a {pool} folder needs one sub-folder per class ({', '.join(classes)}); {root} has none"
+        )
+    for name in subdirs:
+        for entry in _walk_images(root / name):
+            yield Entry(entry, name, None)
+
+
+def _walk_images(root: Path) -> Iterator[str]:
+    """Image-named files under root, sorted, symlinks to files included, loops not followed."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                yield os.path.join(dirpath, name)
+
+
+def _read_manifest(path: Path, classes: Sequence[str]) -> Iterator[Entry]:
+    root = path.parent.resolve()
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputError(f"cannot read manifest {path}: {exc.strerror}") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        if "path" not in columns:
+            raise InputError(
+                f"manifest {path.name} has no 'path' column (columns: {', '.join(columns) or 'none'}; "
+                "expected path and optionally label, patient)"
+            )
+        extra = [c for c in columns if c not in ("path", "label", "patient")]
+        if extra:
+            raise InputError(
+                f"manifest {path.name} has unknown column(s) {extra} (allowed: path, label, patient)"
+            )
+        seen: dict[str, int] = {}
+        try:
+            for line, row in enumerate(reader, start=2):
+                raw = (row.get("path") or "").strip()
+                if not raw:
+                    raise InputError(f"manifest {path.name} line {line}: empty path")
+                label = (row.get("label") or "").strip() or None
+                if label is not None and label not in classes:
+                    raise InputError(
+                        f"manifest {path.name} line {line}: label {label!r} is not a class "
+                        f"(allowed: {', '.join(classes)})"
+                    )
+                full = Path(raw) if Path(raw).is_absolute() else root / raw
+                if not full.resolve().is_relative_to(root):
+                    raise InputError(
+                        f"manifest {path.name} line {line}: path {raw!r} is outside the "
+                        f"manifest's folder {root}"
+                    )
+                full_str = os.path.abspath(full)
+                if full_str in seen:
+                    raise InputError(
+                        f"manifest {path.name} line {line}: path {raw!r} is already on line "
+                        f"{seen[full_str]}; list each file once"
+                    )
+                seen[full_str] = line
+                yield Entry(full_str, label, (row.get("patient") or "").strip() or None)
+        except csv.Error as exc:
+            raise InputError(f"manifest {path.name} is not valid CSV: {exc}") from None
+        except UnicodeDecodeError:
+            raise InputError(f"manifest {path.name} is not UTF-8 text") from None
+
+
+def examine(path: str, max_pixels: int) -> tuple[str, str | None]:
+    """Worker: (sample id, quarantine reason or None). Runs in a child process."""
+    if os.path.exists(path) and not os.path.isfile(path):  # a fifo would block the read below
+        return (sha256(f"unreadable:{path}".encode()).hexdigest(),
+                "not-a-file: is a fifo, socket or device, not a file")
+    try:
+        digest = sha256_file(path)
+    except OSError as exc:
+        # Unreadable bytes have no content id; name them by their path so they are still tracked.
+        return sha256(f"unreadable:{path}".encode()).hexdigest(), f"unreadable: {exc.strerror}"
+    try:
+        inspect_image(path, max_pixels=max_pixels)
+    except UnreadableImage as exc:
+        return digest, f"{exc.reason}: {exc}"
+    return digest, None
+
+
+def _examined(entries: Iterable[Entry], max_pixels: int,
+              workers: int) -> Iterator[tuple[Entry, str, str | None]]:
+    if workers <= 1:
+        for e in entries:
+            yield (e, *examine(e.path, max_pixels))
+        return
+    remaining = iter(entries)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        while window := list(islice(remaining, WINDOW)):
+            results = pool.map(examine, [e.path for e in window], [max_pixels] * len(window),
+                               chunksize=32)
+            for e, (sid, reason) in zip(window, results, strict=True):
+                yield e, sid, reason
+
+
+def import_source(
+    store: PoolStore, source: Path, pool: str, classes: Sequence[str], *,
+    max_pixels: int, holdout_fraction: float = 0.0, seed: int = 0, workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportReport:
+    """Import every file of `source` into `pool`; see the module docstring.
+
+    A folder is walked twice, once to validate and count it and once to import, so memory does
+    not grow with the number of files. A manifest, and a labeled import that carves a holdout
+    (which must see every label to stratify), are listed in memory first.
+    """
+    if pool in IMPORT_POOLS and source.is_dir() and not holdout_fraction:
+        total = sum(1 for _ in _walk_folder(source, pool, classes))
+        return import_entries(store, _walk_folder(source, pool, classes), pool,
+                              max_pixels=max_pixels, workers=workers, progress=progress, total=total)
+    entries = list_source(source, pool, classes)
+    return import_entries(store, entries, pool, max_pixels=max_pixels,
+                          holdout_fraction=holdout_fraction, seed=seed, workers=workers,
+                          progress=progress)
+
+
+def import_entries(
+    store: PoolStore, entries: Iterable[Entry], pool: str, *, max_pixels: int,
+    holdout_fraction: float = 0.0, seed: int = 0, workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None, total: int | None = None,
+) -> ImportReport:
+    """Import already-validated entries (labels known to be classes) into `pool`.
+
+    `entries` may be a one-pass iterator when `total` (its length, for progress) is given and
+    no holdout is carved.
+    """
+    if holdout_fraction and pool != "labeled":
+        raise UsageError("--holdout-fraction only applies when adding to the labeled pool")
+    if holdout_fraction or total is None:
+        entries = entries if isinstance(entries, Sequence) else list(entries)
+        total = len(entries)
+    planner = HoldoutPlanner(entries, holdout_fraction, seed) if holdout_fraction else None
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    report = ImportReport()
+    batch: list[NewSample] = []
+    batch_ids: dict[str, str] = {}
+    done = 0
+    for entry, sid, reason in _examined(entries, max_pixels, workers):
+        target = "quarantine" if reason else pool
+        if planner is not None and target == pool and planner.is_holdout(entry):
+            target = "holdout"
+        if sid in batch_ids:
+            report.duplicates.append((entry.path, batch_ids[sid]))
+            store.record_alias(entry.path, sid, entry.label)
+        else:
+            new = _reconcile(store, report, entry, sid, target, reason)
+            if new is not None:
+                batch.append(new)
+                batch_ids[sid] = entry.path
+        if len(batch) >= BATCH:
+            _flush(store, batch, batch_ids, report)
+        done += 1
+        if progress:
+            progress(done, total)
+    _flush(store, batch, batch_ids, report)
+    return report
+
+
+def _reconcile(store: PoolStore, report: ImportReport, entry: Entry, sid: str, target: str,
+               reason: str | None) -> NewSample | None:
+    """Decide what an examined file becomes: new, no-op, duplicate, conflict or promotion."""
+    existing = store.get(sid)
+    if existing is None:
+        if reason:
+            report.quarantined.append((entry.path, reason))
+        return NewSample(sid, entry.path, target, entry.label, entry.patient, reason)
+    if existing.path == entry.path:
+        report.already_present += 1
+    else:
+        report.duplicates.append((entry.path, existing.path))
+        store.record_alias(entry.path, sid, entry.label)
+    if entry.label is None or existing.pool == "quarantine":
+        return None
+    if existing.pool in ("labeled", "holdout"):
+        if existing.label != entry.label:
+            report.conflicts.append(
+                (entry.path, f"labelled {entry.label!r} here but {existing.label!r} in "
+                             f"{existing.path}; kept {existing.label!r}, resolve by hand")
+            )
+            store.record_conflict(entry.path, sid, entry.label, existing.label)
+        return None
+    from sslall.store._pools import Move  # local: only promotions need it
+
+    store.apply_moves(
+        [Move(sid, target, from_pool=existing.pool, label=entry.label, label_source="import",
+              reason="labelled at import")], round_no=store.last_round(), actor="import",
+    )
+    report.promoted += 1
+    return None
+
+
+def _flush(store: PoolStore, batch: list[NewSample], batch_ids: dict[str, str],
+           report: ImportReport) -> None:
+    if batch:
+        store.add_samples(batch, round_no=store.last_round())
+        report.added.update(s.pool for s in batch)
+    batch.clear()
+    batch_ids.clear()
