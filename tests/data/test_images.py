@@ -379,5 +379,5 @@ def test_suffixes_are_lowercase_with_dots() -> None:
 
 def test_module_imports_without_torch() -> None:
     code = "import sys, sslall.data._images; sys.exit('torch' in sys.modules)"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     assert subprocess.run([sys.executable, "-c", code], cwd=root, check=False).returncode == 0
