@@ -414,3 +414,9 @@ def with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
         merged = {k: list(v) if isinstance(v, tuple) else v for k, v in merged.items()}
         replaced[name] = _build_section(name, SECTIONS[name], merged)
     return dataclasses.replace(config, **replaced)
+
+
+
+__all__ = ["CONFIG_NAME", "AugmentConfig", "Config", "DataConfig", "IndexConfig", "LabelStudioConfig",
+           "ModelConfig", "PreprocessConfig", "PseudoConfig", "RouteConfig", "TrainConfig",
+           "config_from_dict", "load_config", "render_config", "with_overrides"]

@@ -15,6 +15,26 @@ Exit codes (documented in the README):
 
 from __future__ import annotations
 
+__all__ = [
+    "EXIT_FAILURE",
+    "EXIT_INTEGRITY",
+    "EXIT_LOCKED",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_SERVICE",
+    "EXIT_USAGE",
+    "ConfigError",
+    "InputError",
+    "IntegrityError",
+    "LabelStudioError",
+    "LockBusy",
+    "ModelError",
+    "NotFoundError",
+    "SslallError",
+    "UsageError",
+    "WorkspaceNotFound",
+]
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2

@@ -43,6 +43,8 @@ from sslall.workspace import Workspace, round_lock
 if TYPE_CHECKING:
     from sslall.model._learner import Calibration, Learner
 
+__all__ = ["RoundResult", "run_round"]
+
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]

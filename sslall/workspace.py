@@ -10,13 +10,14 @@ Layout::
     DIR/.lock              the round lock
 
 The lock is an advisory `flock` on `DIR/.lock`: the kernel drops it when its holder dies, so a
-lock left by a killed process never blocks the next round.
+lock left by a killed process never blocks the next round. `fcntl` is imported only where the
+lock is taken, so the module (and `sslall.Predictor`, which uses it) imports where `fcntl` does
+not exist; taking the lock there raises `SslallError`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import sys
@@ -25,9 +26,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from types import ModuleType
 
 from sslall.config import CONFIG_NAME, Config, load_config
 from sslall.errors import LockBusy, SslallError, WorkspaceNotFound
+
+__all__ = [
+    "ENV_WORKSPACE",
+    "Workspace",
+    "create_workspace",
+    "find_workspace",
+    "lock_is_held",
+    "read_lock_holder",
+    "round_lock",
+]
 
 ENV_WORKSPACE = "SSLALL_WORKSPACE"
 
@@ -111,9 +123,25 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _fcntl() -> ModuleType:
+    """The `fcntl` module, imported here so that importing this module does not need it."""
+    try:
+        import fcntl
+    except ImportError:
+        raise SslallError("the round lock needs fcntl.flock, which this platform lacks; run rounds "
+                          "on Linux or macOS (predicting needs no lock)") from None
+    return fcntl
+
+
 @contextmanager
 def round_lock(workspace: Workspace, command: str = "sslall round") -> Iterator[None]:
-    """Hold the workspace's round lock, or raise `LockBusy` at once naming the holder."""
+    """Hold the workspace's round lock, or raise `LockBusy` at once naming the holder.
+
+    Raises:
+        LockBusy: another process holds the lock.
+        SslallError: the lock file cannot be opened, or the platform has no `fcntl`.
+    """
+    fcntl = _fcntl()
     try:
         fd = os.open(workspace.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
@@ -153,6 +181,7 @@ def lock_is_held(workspace: Workspace) -> bool:
     """True when some process holds the round lock right now."""
     if not workspace.lock_path.exists():
         return False
+    fcntl = _fcntl()
     fd = os.open(workspace.lock_path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -1,28 +1,38 @@
-"""Using a saved round: load its checkpoint, predict images, evaluate a class-per-folder set."""
+"""Using a saved round: load its checkpoint, predict images (files, PIL images, arrays), evaluate a
+class-per-folder set."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from sslall.config import PreprocessConfig
 from sslall.data._datasets import eval_transform
-from sslall.data._images import IMAGE_SUFFIXES, UnreadableImage, load_rgb
+from sslall.data._images import IMAGE_SUFFIXES, MIN_SIDE, UnreadableImage, _to_rgb, load_rgb
 from sslall.decide._metrics import classification_metrics, softmax
 from sslall.errors import InputError, NotFoundError
 from sslall.model._backbones import build_classifier_from_checkpoint
 from sslall.model._checkpoints import load_checkpoint
+from sslall.model._devices import resolve_device
 from sslall.store._pools import PoolStore
 from sslall.workspace import Workspace
+
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
 
 @dataclass
 class Prediction:
-    """One image's prediction, or the reason it could not be read."""
+    """One image's prediction, or the reason it could not be read.
+
+    `path` is the path as given, or `<image N>` / `<array N>` for the N-th input when it was
+    an in-memory image; `probs` are calibrated class probabilities (`Predictor.classes` order).
+    """
 
     path: str
     probs: np.ndarray | None
@@ -46,41 +56,126 @@ def checkpoint_preprocess(meta: dict) -> PreprocessConfig | None:
 
 
 class Predictor:
-    """A checkpoint ready to classify images (calibrated with its stored temperature)."""
+    """A checkpoint ready to classify cell images, calibrated with its stored temperature.
 
-    def __init__(self, checkpoint: Path, device: str = "cpu") -> None:
-        state, meta = load_checkpoint(checkpoint)
+    `predict` takes file paths, PIL images and numpy arrays (mixed freely). Every input becomes
+    RGB by the one rule of `sslall.data._images` (the rule the training images went through):
+
+    - a path (`str` or `os.PathLike`) is read and checked like any imported file;
+    - a PIL image is converted by its mode (L gray replicated, RGBA composited onto white, ...);
+    - an array is first made a PIL image by shape and dtype: gray HxW or HxWx1 as `uint8` -> L,
+      `uint16` -> I;16 (scaled to 0..255), `float32`/`float64` -> F (values in [0, 1], else
+      min-max scaled); HxWx3 `uint8` -> RGB; HxWx4 `uint8` -> RGBA (onto white). Channels are
+      last, colour order RGB (an OpenCV BGR array must be flipped first: `arr[..., ::-1]`).
+
+    A prediction's `path` is the path as given, and for an in-memory input `<image N>` or
+    `<array N>`, N being its position in the list. An input that cannot be used as a picture
+    (a missing or corrupt file, a file over `max_pixels`, a picture under 8 pixels a side) gets a
+    `Prediction` with `probs=None` and `error` set, so one bad file does not lose a batch; an
+    input of the wrong kind (an array of another shape or dtype, an object that is no image)
+    is the caller's mistake and raises `InputError` before anything is predicted.
+
+    Args:
+        checkpoint: a round's folder (`runs/round-NNNN`, `RoundResult.run_dir`) or either of
+            its two files.
+        device: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:N" or "mps".
+
+    Raises:
+        NotFoundError: the checkpoint does not exist.
+        ModelError: the checkpoint is damaged, or the device is not available here.
+        ConfigError: `device` names no device.
+
+    Example:
+        >>> predictor = Predictor(ws.round_dir(3), device="auto")  # doctest: +SKIP
+        >>> [p] = predictor.predict([PIL.Image.open("cell.png")])  # doctest: +SKIP
+        >>> predictor.classes[p.probs.argmax()], float(p.probs.max())  # doctest: +SKIP
+        ('Pre-B', 0.97)
+    """
+
+    def __init__(self, checkpoint: str | Path, device: str | torch.device = "cpu") -> None:
+        state, meta = load_checkpoint(Path(checkpoint))
         self.meta = meta
         self.classes: list[str] = list(meta["classes"])
         self.temperature = float(meta.get("temperature", 1.0))
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model = build_classifier_from_checkpoint(state, meta).to(self.device).eval()
         self.transform = eval_transform(int(meta["image_size"]), meta["mean"], meta["std"],
                                         checkpoint_preprocess(meta))
         self.max_pixels = int(meta.get("max_pixels", 50_000_000))
 
-    def predict(self, paths: Sequence[str | Path], batch_size: int = 32) -> list[Prediction]:
-        out: list[Prediction] = []
-        batch: list[tuple[str, torch.Tensor]] = []
-        for p in paths:
-            try:
-                batch.append((str(p), self.transform(load_rgb(p, max_pixels=self.max_pixels))))
-            except UnreadableImage as exc:
-                out.append(Prediction(str(p), None, str(exc)))
-            if len(batch) == batch_size:
-                out += self._run(batch)
-                batch = []
-        out += self._run(batch)
-        order = {str(p): i for i, p in enumerate(paths)}
-        return sorted(out, key=lambda pr: order.get(pr.path, 0))
+    def predict(self, images: Sequence[ImageInput], batch_size: int = 32) -> list[Prediction]:
+        """One `Prediction` per input, in input order (see the class docstring for the inputs).
 
-    def _run(self, batch: list[tuple[str, torch.Tensor]]) -> list[Prediction]:
+        Raises:
+            InputError: an input is of a kind `Predictor` does not take (checked for every input
+                before any is predicted).
+        """
+        named = [_named_input(x, i) for i, x in enumerate(images)]
+        out: list[Prediction | None] = [None] * len(named)
+        batch: list[tuple[int, str, torch.Tensor]] = []
+        for i, (name, picture) in enumerate(named):
+            try:
+                rgb = (load_rgb(name, max_pixels=self.max_pixels) if picture is None
+                       else _in_memory_rgb(picture, name))
+                batch.append((i, name, self.transform(rgb)))
+            except UnreadableImage as exc:
+                out[i] = Prediction(name, None, str(exc))
+            if len(batch) == batch_size:
+                self._run(batch, out)
+                batch = []
+        self._run(batch, out)
+        return [p for p in out if p is not None]
+
+    def _run(self, batch: list[tuple[int, str, torch.Tensor]], out: list[Prediction | None]) -> None:
         if not batch:
-            return []
+            return
         with torch.inference_mode():
-            logits = self.model(torch.stack([t for _, t in batch]).to(self.device)).cpu().numpy()
+            logits = self.model(torch.stack([t for _, _, t in batch]).to(self.device)).cpu().numpy()
         probs = softmax(logits, self.temperature)
-        return [Prediction(p, probs[i]) for i, (p, _) in enumerate(batch)]
+        for row, (i, name, _) in enumerate(batch):
+            out[i] = Prediction(name, probs[row])
+
+
+def _named_input(x: object, i: int) -> tuple[str, Image.Image | None]:
+    """(the prediction's name, the in-memory picture or None for a path) of input number `i`."""
+    if isinstance(x, (str, os.PathLike)):
+        return os.fspath(x), None
+    if isinstance(x, Image.Image):
+        return f"<image {i}>", x
+    if isinstance(x, np.ndarray):
+        return f"<array {i}>", _array_picture(x, i)
+    raise InputError(f"input {i} is a {type(x).__name__}; Predictor takes file paths, PIL images "
+                     "and numpy arrays")
+
+
+def _array_picture(a: np.ndarray, i: int) -> Image.Image:
+    """The PIL image an array stands for, by the rule in `Predictor`'s docstring."""
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 2 and a.dtype in (np.uint8, np.uint16):
+        return Image.fromarray(np.ascontiguousarray(a))  # L, I;16
+    if a.ndim == 2 and a.dtype in (np.float32, np.float64):
+        return Image.fromarray(np.ascontiguousarray(a, dtype=np.float32))  # F
+    if a.ndim == 3 and a.shape[2] in (3, 4) and a.dtype == np.uint8:
+        return Image.fromarray(np.ascontiguousarray(a))  # RGB, RGBA
+    raise InputError(f"array {i} has shape {a.shape} and dtype {a.dtype}; Predictor takes HxW "
+                     "or HxWx1 (uint8, uint16 or float), HxWx3 (RGB) or HxWx4 (RGBA) uint8 arrays")
+
+
+def _in_memory_rgb(picture: Image.Image, name: str) -> Image.Image:
+    """RGB by the package's one rule; refused, like a file, when it is under `MIN_SIDE` a side.
+
+    `max_pixels` is not applied: it guards decoding, and this picture is decoded already.
+    """
+    width, height = picture.size
+    if min(width, height) < MIN_SIDE:
+        raise UnreadableImage(name, "too-small", f"is {width}x{height} pixels, under the minimum "
+                                                 f"of {MIN_SIDE}x{MIN_SIDE}")
+    try:
+        picture.load()  # an image from Image.open is read only now
+        return _to_rgb(picture)
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise UnreadableImage(name, "undecodable", f"cannot be decoded: {exc}") from None
 
 
 def evaluate_folder(predictor: Predictor, folder: Path) -> dict:
