@@ -67,8 +67,51 @@ def test_parse_classes_from_comma_string() -> None:
 
 
 def test_readme_documents_every_config_key() -> None:
-    from sslall.config import KEY_DOCS
+    from sslall.config import config_keys
 
     readme = (Path(__file__).parent.parent / "README.md").read_text()
-    missing = [k for k in KEY_DOCS if f"`{k}`" not in readme]
+    missing = [k for k in config_keys() if f"`{k}`" not in readme]
     assert not missing, f"README lacks config keys {missing}"
+
+
+def test_a_fresh_process_checks_strategy_and_policy_names_without_the_registries() -> None:
+    """`route.strategy` and `pseudo.policy` follow the registries in `sslall.decide`, which the
+    config does not import: before anything imports them, the declared built-ins apply."""
+    import subprocess
+    import sys
+
+    code = """if True:
+        import sys
+        from sslall.config import config_from_dict
+        from sslall.errors import ConfigError
+        ok = config_from_dict({"classes": ["A", "B"], "route": {"strategy": "bald"},
+                               "pseudo": {"policy": "adaptive"}})
+        print(ok.route.strategy, ok.pseudo.policy)
+        for section, key, value in (("route", "strategy", "margn"), ("pseudo", "policy", "own")):
+            try:
+                config_from_dict({"classes": ["A", "B"], section: {key: value}})
+            except ConfigError as exc:
+                print(exc.exit_code, exc)
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("numpy", "faiss", "torch")
+                     or m.startswith("sslall.decide")))
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [
+        "bald adaptive",
+        "2 config key 'route.strategy': got 'margn'; did you mean 'margin'? (allowed: margin, "
+        "entropy, least-confidence, bald, coreset, typiclust, random)",
+        "2 config key 'pseudo.policy': got 'own' (allowed: fixed, adaptive)",
+        "[]",
+    ]
+
+
+def test_every_key_is_declared_once_with_its_documentation() -> None:
+    from sslall.config import config_keys, key_setting
+
+    keys = config_keys()
+    assert len(keys) == len(set(keys)) and keys[:2] == ["classes", "model.backbone"]
+    assert all(key_setting(k).doc for k in keys)
+    assert key_setting("model.mode").choices == ("auto", "head", "last-stage", "finetune")
+    assert key_setting("data.holdout_fraction").within == "[0, 1)"
+    with pytest.raises(KeyError):
+        key_setting("model.colour")

@@ -17,14 +17,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sslall.config import Config
+from sslall.decide._acquisition import acquire
 from sslall.decide._index import knn_agreement
-from sslall.decide._select import (
-    AcquisitionContext,
-    acquire,
-    class_caps_from_prior,
-    class_thresholds,
-    select_pseudo_labels,
-)
+from sslall.decide._policies import class_caps_from_prior, class_thresholds, select_pseudo_labels
 from sslall.store._pools import Move
 
 if TYPE_CHECKING:
@@ -118,14 +113,12 @@ def decide_routing(config: Config, snapshot: Snapshot, probs: np.ndarray, scores
     budget = min(config.route.budget, len(pool))
     if budget > 0:
         known = np.flatnonzero(snapshot.human_mask() | pseudo.selected | snapshot.mask("review"))
-        ctx = AcquisitionContext(
-            probs=probs[pool], embeddings=scores.embeddings[pool],
-            labeled_embeddings=scores.embeddings[known],
-            mc_probs=None if scores.mc_probs is None else scores.mc_probs[:, pool], rng=rng,
-            approx_above=config.index.approx_above,
-        )
-        review_rows = pool[acquire(config.route.strategy, budget, ctx,
-                                   diversity=config.route.diversity)]
+        review_rows = pool[acquire(
+            probs[pool], budget, strategy=config.route.strategy,
+            embeddings=scores.embeddings[pool], labeled_embeddings=scores.embeddings[known],
+            mc_probs=None if scores.mc_probs is None else scores.mc_probs[:, pool],
+            diversity=config.route.diversity, rng=rng, approx_above=config.index.approx_above,
+        )]
     moves = []
     for i in review_rows:
         row = snapshot.rows[i]

@@ -7,12 +7,12 @@ from contextlib import contextmanager
 
 import torch
 
-from sslall.config import CHOICES
+from sslall.config import key_setting
 from sslall.errors import ConfigError, ModelError
 
 __all__ = ["MODES", "one_cpu_thread", "resolve_device", "resolve_mode", "seeded"]
 
-MODES = CHOICES["model.mode"]
+MODES = key_setting("model.mode").choices
 
 
 def resolve_device(requested: str | torch.device) -> torch.device:
