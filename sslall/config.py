@@ -337,7 +337,7 @@ def with_overrides(config: Config, **sections: dict[str, Any]) -> Config:
     return dataclasses.replace(config, **replaced)
 
 
-
 __all__ = ["CONFIG_NAME", "AugmentConfig", "Config", "DataConfig", "IndexConfig", "LabelStudioConfig",
            "ModelConfig", "PreprocessConfig", "PseudoConfig", "RouteConfig", "TrainConfig",
-           "config_from_dict", "load_config", "render_config", "with_overrides"]
+           "config_from_dict", "config_keys", "key_setting", "load_config", "render_config",
+           "with_overrides"]
