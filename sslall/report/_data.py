@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sslall._fsutil import write_atomic
+from sslall.decide._metrics import ECE_BINS, calibration_bins
 
 if TYPE_CHECKING:
     from sslall.store._snapshot import Snapshot
@@ -33,22 +34,18 @@ __all__ = ["MAX_POINTS", "read_embeddings", "read_reliability", "reliability_bin
 
 MAX_POINTS = 20_000
 PCA_COMPONENTS = 32
-BINS = 10
 
 
-def reliability_bins(probs: np.ndarray, y: np.ndarray, bins: int = BINS) -> list[dict]:
-    """Per equal-width confidence bin: lo, hi, count, mean confidence, accuracy (None if empty)."""
-    conf = probs.max(axis=1)
-    right = probs.argmax(axis=1) == y
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+def reliability_bins(probs: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> list[dict]:
+    """Per confidence bin of the ECE (`calibration_bins`): lo, hi, count, mean confidence,
+    accuracy (None if empty), so the diagram shows the bins metrics.json's ECE sums over."""
+    cal = calibration_bins(probs, y, bins)
     out = []
     for b in range(bins):
-        sel = which == b
-        n = int(sel.sum())
-        out.append({"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": n,
-                    "confidence": float(conf[sel].mean()) if n else None,
-                    "accuracy": float(right[sel].mean()) if n else None})
+        n = int(cal.count[b])
+        out.append({"lo": float(cal.edges[b]), "hi": float(cal.edges[b + 1]), "count": n,
+                    "confidence": float(cal.confidence_sum[b] / n) if n else None,
+                    "accuracy": float(cal.correct_sum[b] / n) if n else None})
     return out
 
 

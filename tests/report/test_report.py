@@ -15,6 +15,7 @@ from conftest import headless_chromium, invoke
 from PIL import Image
 from test_rounds import build_workspace
 
+from sslall.decide._metrics import expected_calibration_error, softmax
 from sslall.report._data import read_embeddings, read_reliability, reliability_bins
 
 
@@ -25,6 +26,19 @@ def test_reliability_bins_count_confidence_and_accuracy() -> None:
     assert bins[2]["accuracy"] == 1.0 and bins[2]["confidence"] == pytest.approx(0.55)
     assert bins[4]["accuracy"] == 0.5 and bins[4]["confidence"] == pytest.approx(0.925)
     assert bins[0]["accuracy"] is None
+
+
+def test_the_diagram_bins_are_the_ece_bins() -> None:
+    rng = np.random.default_rng(4)
+    probs = softmax(rng.normal(size=(300, 4)) * 2)
+    probs[:40] = np.eye(4)[rng.integers(0, 4, 40)]  # confidence exactly 1, the last edge
+    probs[40:60] = [0.6, 0.2, 0.1, 0.1]  # exactly on an edge of 5 and of 10 bins
+    y = rng.integers(0, 4, 300)
+    for n_bins in (5, 10, 15):
+        bins = reliability_bins(probs, y, bins=n_bins)
+        gap = sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"])
+        assert gap / len(y) == pytest.approx(expected_calibration_error(probs, y, n_bins=n_bins))
+    assert len(reliability_bins(probs, y)) == 15  # the ECE's default number of bins
 
 
 @pytest.fixture(scope="module")
