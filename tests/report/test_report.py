@@ -16,7 +16,12 @@ from PIL import Image
 from test_rounds import build_workspace
 
 from sslall.decide._metrics import expected_calibration_error, softmax
-from sslall.report._data import read_embeddings, read_reliability, reliability_bins
+from sslall.report._data import (
+    principal_components,
+    read_embeddings,
+    read_reliability,
+    reliability_bins,
+)
 
 
 def test_reliability_bins_count_confidence_and_accuracy() -> None:
@@ -39,6 +44,28 @@ def test_the_diagram_bins_are_the_ece_bins() -> None:
         gap = sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"])
         assert gap / len(y) == pytest.approx(expected_calibration_error(probs, y, n_bins=n_bins))
     assert len(reliability_bins(probs, y)) == 15  # the ECE's default number of bins
+
+
+def test_randomized_pca_is_deterministic_and_spans_the_full_svd_components() -> None:
+    from scipy.linalg import subspace_angles
+
+    rng = np.random.default_rng(5)
+    # 400 x 60 with a decaying spectrum, so the first 8 directions are well separated
+    x = (rng.normal(size=(400, 60)) * np.geomspace(10, 0.1, 60)) @ np.linalg.qr(
+        rng.normal(size=(60, 60)))[0]
+    x = x.astype(np.float32)
+    scores, variance = principal_components(x, 8)
+    again, variance_again = principal_components(x, 8)
+    assert np.array_equal(scores, again) and np.array_equal(variance, variance_again)
+    centred = x - x.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
+    assert scores.shape == (400, 8)
+    assert np.max(subspace_angles(scores, u[:, :8])) < 2e-3  # radians
+    assert variance == pytest.approx(s[:8] ** 2 / (s ** 2).sum(), rel=1e-3)
+    # each component is the full SVD's, up to its sign
+    assert np.abs(scores) == pytest.approx(np.abs(u[:, :8] * s[:8]), abs=1e-3 * s[0])
+    flat, none = principal_components(np.ones((5, 4), dtype=np.float32), 3)
+    assert flat.shape == (5, 3) and not flat.any() and not none.any()
 
 
 @pytest.fixture(scope="module")
