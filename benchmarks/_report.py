@@ -65,7 +65,7 @@ def pick_images(folder: Path, n: int) -> list[Path]:
 
 def samples_of(paths: Sequence[Path]) -> list[tuple[str, str]]:
     """(sha256 id, path) pairs, as the pool store names samples."""
-    from sslall.data._images import sha256_file
+    from sslall._fsutil import sha256_file
 
     return [(sha256_file(p), str(p)) for p in paths]
 

@@ -155,7 +155,7 @@ def rate_profile(sampler: TreeSampler) -> dict:
 _KEY_FUNCS = [  # (label, file suffix, function name)
     ("list_source (walk + sort names)", "sslall/store/_importer.py", "list_source"),
     ("examine (worker: hash + decode)", "sslall/store/_importer.py", "examine"),
-    ("· sha256_file", "sslall/data/_images.py", "sha256_file"),
+    ("· sha256_file", "sslall/_fsutil.py", "sha256_file"),
     ("· inspect_image (open + full decode + RGB)", "sslall/data/_images.py", "inspect_image"),
     ("· · Image.open (header, plugin probing)", "sslall/data/_images.py", "_open"),
     ("· · _check_png_crcs", "sslall/data/_images.py", "_check_png_crcs"),

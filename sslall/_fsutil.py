@@ -1,11 +1,24 @@
-"""Writing files so that a reader (or a crash) sees all of a file or none of it."""
+"""Files on disk: writing so that a reader (or a crash) sees all of a file or none of it, and
+the one sha256 of a file's bytes (sample ids, checkpoint and weights digests)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from pathlib import Path
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of the file's bytes, read in 1 MiB chunks (sample ids are this digest)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def temp_path(path: Path) -> Path:

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sslall._faults import fault_point
+from sslall._fsutil import sha256_file
 from sslall.config import Config
-from sslall.data._images import sha256_file
 from sslall.errors import SslallError, UsageError
 from sslall.model._distributed import Dist, RankZeroFailed, broadcast, record_exit_code
 from sslall.store._pools import Move, PoolStore, RoundRecord, utc_now

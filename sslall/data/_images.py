@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import stat
 import struct
@@ -65,7 +64,6 @@ __all__ = [
     "UnreadableImage",
     "inspect_image",
     "load_rgb",
-    "sha256_file",
 ]
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
@@ -125,15 +123,6 @@ def load_rgb(path: str | Path, *, max_pixels: int) -> Image.Image:
     """
     _, rgb = _decode(path, max_pixels)
     return rgb
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of the file's bytes, read in 1 MiB chunks (sample ids are this digest)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- implementation ---------------------------------------------------------------------

@@ -5,7 +5,8 @@ Every function returns plain Python floats, ints and lists so a result can go st
 raise or warn: their precision/recall/F1 are 0 (scikit-learn's `zero_division=0`).
 
 Calibration follows Guo et al. 2017 ("On Calibration of Modern Neural Networks"):
-`expected_calibration_error` with equal-width confidence bins, and `fit_temperature`, which
+`expected_calibration_error` over `calibration_bins` (equal-width confidence bins, the same
+ones the report's reliability diagram draws), and `fit_temperature`, which
 finds the single T > 0 minimising the negative log-likelihood of `softmax(logits / T)` on a
 held-out set. Pseudo-label thresholds act on the calibrated probabilities, so that "0.9"
 means about 90 % right.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -22,12 +24,16 @@ from scipy.special import log_softmax
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 __all__ = [
+    "ECE_BINS",
+    "CalibrationBins",
+    "calibration_bins",
     "classification_metrics",
     "expected_calibration_error",
     "fit_temperature",
     "softmax",
 ]
 
+ECE_BINS = 15
 MIN_TEMPERATURE_SAMPLES = 10
 _T_BOUNDS = (0.05, 20.0)  # search range for the temperature (log-spaced)
 
@@ -100,26 +106,55 @@ def classification_metrics(
     return result
 
 
-def expected_calibration_error(
-    probs: np.ndarray, y_true: Sequence[int] | np.ndarray, n_bins: int = 15
-) -> float:
-    """ECE: the sample-weighted mean |accuracy - confidence| over equal-width confidence bins.
+class CalibrationBins(NamedTuple):
+    """Per equal-width confidence bin b, covering (edges[b], edges[b + 1]]: how many samples,
+    the sum of their confidences and how many of them are right (float arrays, [n_bins])."""
 
-    Confidence is the top probability; bin b holds confidences in (b/n_bins, (b+1)/n_bins]
-    (a confidence of exactly 0 falls in the first bin). Returns 0.0 for no samples.
+    edges: np.ndarray
+    count: np.ndarray
+    confidence_sum: np.ndarray
+    correct_sum: np.ndarray
+
+
+def calibration_bins(
+    probs: np.ndarray, y_true: Sequence[int] | np.ndarray, n_bins: int = ECE_BINS
+) -> CalibrationBins:
+    """Bin the samples by confidence (the top probability), the one binning of ECE and report.
+
+    Bin b holds confidences in (b/n_bins, (b+1)/n_bins]; a confidence of exactly 0 falls in
+    the first bin.
+
+    Raises:
+        ValueError: `n_bins` < 1, or `probs` is not [len(y_true), C].
     """
     y_true = np.asarray(y_true, dtype=np.int64).reshape(-1)
     if n_bins < 1:
         raise ValueError(f"n_bins must be positive, got {n_bins}")
     probs = _check_probs(probs, len(y_true), None)
-    if len(y_true) == 0:
-        return 0.0
-    confidence = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
-    bins = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    acc_sum = np.bincount(bins, weights=correct, minlength=n_bins)
-    conf_sum = np.bincount(bins, weights=confidence, minlength=n_bins)
-    return float(np.sum(np.abs(acc_sum - conf_sum)) / len(y_true))
+    confidence = probs.max(axis=1) if len(y_true) else np.zeros(0)
+    correct = (probs.argmax(axis=1) == y_true).astype(np.float64) if len(y_true) else np.zeros(0)
+    which = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    return CalibrationBins(
+        edges=np.linspace(0.0, 1.0, n_bins + 1),
+        count=np.bincount(which, minlength=n_bins).astype(np.float64),
+        confidence_sum=np.bincount(which, weights=confidence, minlength=n_bins),
+        correct_sum=np.bincount(which, weights=correct, minlength=n_bins),
+    )
+
+
+def expected_calibration_error(
+    probs: np.ndarray, y_true: Sequence[int] | np.ndarray, n_bins: int = ECE_BINS
+) -> float:
+    """ECE: the sample-weighted mean |accuracy - confidence| over `calibration_bins`.
+
+    Returns 0.0 for no samples.
+
+    Raises:
+        ValueError: `n_bins` < 1, or `probs` is not [len(y_true), C].
+    """
+    bins = calibration_bins(probs, y_true, n_bins)
+    n = float(bins.count.sum())
+    return float(np.sum(np.abs(bins.correct_sum - bins.confidence_sum)) / n) if n else 0.0
 
 
 def fit_temperature(logits: np.ndarray, y_true: Sequence[int] | np.ndarray) -> float:

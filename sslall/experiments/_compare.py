@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sslall._fsutil import sha256_file
 from sslall.config import Config, with_overrides
-from sslall.data._images import sha256_file
 from sslall.errors import InputError, ModelError
 from sslall.store._pools import Sample
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sslall._fsutil import sha256_file
 from sslall.config import Config, with_overrides
-from sslall.data._images import sha256_file
 from sslall.decide._metrics import classification_metrics, softmax
 from sslall.errors import InputError, UsageError
 from sslall.model._learner import fit_learner

@@ -39,12 +39,12 @@ import timm
 import torch
 from torch import nn
 
+from sslall._fsutil import sha256_file
 from sslall.errors import ModelError, NotFoundError
 from sslall.model._checkpoints import (
     LITE0,
     LITE0_WEIGHTS_ID,
     WEIGHTS_NAME,
-    file_sha256,
     lite0_imagenet_state_dict,
     lite0_package_file,
     load_checkpoint,
@@ -222,7 +222,7 @@ def create_backbone(name: str, *, pretrained: bool, weights: str = "", scales: i
         if not path.is_file():
             raise NotFoundError(f"weights file not found: {path}")
         _load_strict(module, _backbone_part(read_safetensors(path), module), str(path))
-        weights_id = f"file-{file_sha256(path)[:12]}"
+        weights_id = f"file-{sha256_file(path)[:12]}"
     elif not pretrained or name == BASELINE_CNN:  # baseline-cnn has no pretrained weights
         module = _new_module(name)
         weights_id = f"random-{_fingerprint(module)}"

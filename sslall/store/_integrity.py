@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from sslall.data._images import sha256_file
+from sslall._fsutil import sha256_file
 from sslall.store._pools import LABELED_POOLS, POOLS, PoolStore
 
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image, features
 
+from sslall._fsutil import sha256_file
 from sslall.data import _images as images
-from sslall.data._images import ImageInfo, UnreadableImage, inspect_image, load_rgb, sha256_file
+from sslall.data._images import ImageInfo, UnreadableImage, inspect_image, load_rgb
 
 LIMIT = 50_000_000
 

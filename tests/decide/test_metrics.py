@@ -14,6 +14,8 @@ from sklearn.metrics import (
 )
 
 from sslall.decide._metrics import (
+    ECE_BINS,
+    calibration_bins,
     classification_metrics,
     expected_calibration_error,
     fit_temperature,
@@ -84,6 +86,21 @@ def test_metrics_are_plain_json_types():
 def test_classification_metrics_rejects_bad_input(y_true, y_pred, message):
     with pytest.raises(ValueError, match=message):
         classification_metrics(y_true, y_pred, None, CLASSES)
+
+
+def test_calibration_bins_are_right_closed_and_count_every_sample():
+    # confidences 0.25 (on an edge: the lower bin), 0.5, 0.75, 1.0 and 0.6 in 4 bins
+    probs = np.array([[0.25, 0.25, 0.25, 0.25], [0.5, 0.5, 0, 0], [0.75, 0.25, 0, 0],
+                      [0, 1.0, 0, 0], [0.4, 0.6, 0, 0]])
+    y = np.array([0, 1, 0, 1, 1])
+    bins = calibration_bins(probs, y, n_bins=4)
+    assert bins.edges.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert bins.count.tolist() == [1, 1, 2, 1]
+    assert bins.confidence_sum.tolist() == pytest.approx([0.25, 0.5, 1.35, 1.0])
+    assert bins.correct_sum.tolist() == [1, 0, 2, 1]  # argmax of a tie is the first class
+    assert len(calibration_bins(probs, y).count) == ECE_BINS
+    with pytest.raises(ValueError, match="n_bins"):
+        calibration_bins(probs, y, n_bins=0)
 
 
 def test_ece_known_example():

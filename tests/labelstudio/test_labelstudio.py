@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import CLASSES, headless_chromium, invoke, paused, sslall, write_image
 
+from sslall._fsutil import sha256_file
 from sslall.config import Config, LabelStudioConfig, load_config
-from sslall.data._images import sha256_file
 from sslall.errors import ConfigError, LabelStudioError, NotFoundError
 from sslall.labelstudio import _records as records
 from sslall.labelstudio._client import (

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from sslall._fsutil import sha256_file
 from sslall.errors import ModelError, NotFoundError
 from sslall.model import _checkpoints as checkpoints
 from sslall.model._backbones import (
@@ -221,7 +222,7 @@ def test_weights_from_safetensors_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "resnet18.safetensors"
     save_file(full.state_dict(), str(path))
     backbone = create_backbone("resnet18", pretrained=False, weights=str(path))
-    assert backbone.weights_id == f"file-{checkpoints.file_sha256(path)[:12]}"
+    assert backbone.weights_id == f"file-{sha256_file(path)[:12]}"
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = full.eval().forward_head(full.forward_features(x), pre_logits=True)

@@ -15,7 +15,13 @@ from conftest import headless_chromium, invoke
 from PIL import Image
 from test_rounds import build_workspace
 
-from sslall.report._data import read_embeddings, read_reliability, reliability_bins
+from sslall.decide._metrics import expected_calibration_error, softmax
+from sslall.report._data import (
+    principal_components,
+    read_embeddings,
+    read_reliability,
+    reliability_bins,
+)
 
 
 def test_reliability_bins_count_confidence_and_accuracy() -> None:
@@ -25,6 +31,41 @@ def test_reliability_bins_count_confidence_and_accuracy() -> None:
     assert bins[2]["accuracy"] == 1.0 and bins[2]["confidence"] == pytest.approx(0.55)
     assert bins[4]["accuracy"] == 0.5 and bins[4]["confidence"] == pytest.approx(0.925)
     assert bins[0]["accuracy"] is None
+
+
+def test_the_diagram_bins_are_the_ece_bins() -> None:
+    rng = np.random.default_rng(4)
+    probs = softmax(rng.normal(size=(300, 4)) * 2)
+    probs[:40] = np.eye(4)[rng.integers(0, 4, 40)]  # confidence exactly 1, the last edge
+    probs[40:60] = [0.6, 0.2, 0.1, 0.1]  # exactly on an edge of 5 and of 10 bins
+    y = rng.integers(0, 4, 300)
+    for n_bins in (5, 10, 15):
+        bins = reliability_bins(probs, y, bins=n_bins)
+        gap = sum(b["count"] * abs(b["accuracy"] - b["confidence"]) for b in bins if b["count"])
+        assert gap / len(y) == pytest.approx(expected_calibration_error(probs, y, n_bins=n_bins))
+    assert len(reliability_bins(probs, y)) == 15  # the ECE's default number of bins
+
+
+def test_randomized_pca_is_deterministic_and_spans_the_full_svd_components() -> None:
+    from scipy.linalg import subspace_angles
+
+    rng = np.random.default_rng(5)
+    # 400 x 60 with a decaying spectrum, so the first 8 directions are well separated
+    x = (rng.normal(size=(400, 60)) * np.geomspace(10, 0.1, 60)) @ np.linalg.qr(
+        rng.normal(size=(60, 60)))[0]
+    x = x.astype(np.float32)
+    scores, variance = principal_components(x, 8)
+    again, variance_again = principal_components(x, 8)
+    assert np.array_equal(scores, again) and np.array_equal(variance, variance_again)
+    centred = x - x.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
+    assert scores.shape == (400, 8)
+    assert np.max(subspace_angles(scores, u[:, :8])) < 2e-3  # radians
+    assert variance == pytest.approx(s[:8] ** 2 / (s ** 2).sum(), rel=1e-3)
+    # each component is the full SVD's, up to its sign
+    assert np.abs(scores) == pytest.approx(np.abs(u[:, :8] * s[:8]), abs=1e-3 * s[0])
+    flat, none = principal_components(np.ones((5, 4), dtype=np.float32), 3)
+    assert flat.shape == (5, 3) and not flat.any() and not none.any()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from conftest import write_image
 
-from sslall.data._images import sha256_file
+from sslall._fsutil import sha256_file
 from sslall.errors import IntegrityError
 from sslall.store._integrity import check_store
 from sslall.store._pools import Move, NewSample, PoolStore, RoundRecord
