@@ -35,7 +35,8 @@ from sslall._faults import fault_point
 from sslall._fsutil import sha256_file
 from sslall.config import Config
 from sslall.errors import SslallError, UsageError
-from sslall.model._distributed import Dist, RankZeroFailed, broadcast, record_exit_code
+from sslall.model._distributed import Dist, RankZeroFailed, broadcast
+from sslall.model._launcher import record_exit_code
 from sslall.store._pools import Move, PoolStore, RoundRecord, utc_now
 from sslall.store._snapshot import Snapshot, take_snapshot
 from sslall.workspace import Workspace, round_lock

@@ -1,9 +1,11 @@
-"""Shared fixtures: tiny synthetic images and workspaces, nothing from real data."""
+"""Shared fixtures: tiny synthetic images and workspaces, nothing from real data; the real
+Label Studio server of tests/labelstudio."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +17,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sslall.cli import app
+from sslall.errors import NotFoundError
+from sslall.labelstudio._client import LabelStudioClient
 
 CLASSES = ("L1", "L2", "L3")
 
@@ -80,6 +84,23 @@ def make_class_tree(root: Path, per_class: int = 4, classes=CLASSES, seed: int =
     return root
 
 
+def make_checkpoint(directory: Path, backbone: str, image_size: int, seed: int = 0) -> Path:
+    """A real checkpoint of a randomly initialised backbone and head (what a round writes)."""
+    import torch
+
+    from sslall.model._backbones import Classifier, MLPHead, create_backbone
+    from sslall.model._checkpoints import save_checkpoint
+
+    torch.manual_seed(seed)
+    bb = create_backbone(backbone, pretrained=False)
+    model = Classifier(bb.module, MLPHead(bb.num_features, len(CLASSES), hidden=(8,)), bb.scales)
+    meta = {"classes": list(CLASSES), "backbone": backbone, "image_size": image_size,
+            "mean": list(bb.mean), "std": list(bb.std), "temperature": 1.5, "round": 1,
+            "feature_scales": 0}
+    save_checkpoint(directory, {k: v.detach() for k, v in model.state_dict().items()}, meta)
+    return directory
+
+
 @pytest.fixture(autouse=True)
 def one_faiss_thread():
     """One OpenMP thread for faiss: the machine is shared, and results are then reproducible."""
@@ -107,3 +128,98 @@ def workspace(tmp_path: Path, runner: CliRunner) -> Path:
                     "baseline-cnn", "--image-size", "32")
     assert result.exit_code == 0, result.output
     return ws
+
+
+# -- a real Label Studio server, for tests/labelstudio --------------------------------------
+# One data folder is migrated per test session (~30-60 s) and copied for each server (~4 s to
+# start). Most tests share one server (started once a session), each in its own project; the
+# tests that kill a server start their own. Here rather than in tests/labelstudio/conftest.py:
+# a second conftest module would take the name `conftest` that `from conftest import` means.
+
+
+def _label_studio_or_fail() -> Path:
+    from sslall.labelstudio._server import find_binary
+
+    if os.environ.get("SSLALL_SKIP_LABEL_STUDIO"):
+        pytest.skip("SSLALL_SKIP_LABEL_STUDIO is set")
+    try:
+        return find_binary()
+    except NotFoundError as exc:
+        pytest.fail(f"{exc} (or set SSLALL_SKIP_LABEL_STUDIO=1 to skip these tests)")
+
+
+class Server:
+    """A server on a data folder (a copy of the session's template) that a test controls."""
+
+    def __init__(self, data_dir: Path, root: Path | None, port: int | None = None) -> None:
+        from sslall.labelstudio._server import free_port
+
+        self.data_dir, self.root = data_dir, root
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self._client: LabelStudioClient | None = None
+
+    @property
+    def key_file(self) -> Path:
+        return self.data_dir / "api-key"
+
+    @property
+    def key(self) -> str:
+        return self.key_file.read_text().strip()
+
+    def start(self, timeout: float = 300) -> Server:
+        from sslall.labelstudio._server import start, wait_healthy
+
+        self.proc = start(self.data_dir, self.port, document_root=self.root)
+        wait_healthy(self.url, self.proc, timeout=timeout, log=self.data_dir / "server.log")
+        return self
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def client(self) -> LabelStudioClient:
+        return LabelStudioClient(self.url, self.key)
+
+    @property
+    def sdk(self):
+        """An SDK client for acting as an annotator (closed when the server stops)."""
+        if self._client is None:
+            self._client = self.client()
+        return self._client.sdk
+
+
+@pytest.fixture(scope="session")
+def ls_template(tmp_path_factory) -> Path:
+    """A migrated data folder with a first user and an API key, made once per session."""
+    _label_studio_or_fail()
+    server = Server(tmp_path_factory.mktemp("ls-template"), None)
+    try:
+        server.start(timeout=900)
+    finally:
+        server.stop()
+    (server.data_dir / "server.log").unlink(missing_ok=True)
+    return server.data_dir
+
+
+def copy_server(template: Path, dest: Path, root: Path | None) -> Server:
+    shutil.copytree(template, dest)
+    return Server(dest, root)
+
+
+@pytest.fixture(scope="session")
+def ls(ls_template: Path, tmp_path_factory):
+    """The shared server; its document root is the session's temporary folder, so every
+    test's files are under it."""
+    base = tmp_path_factory.getbasetemp()
+    server = copy_server(ls_template, base / "ls-shared", base).start()
+    yield server
+    server.stop()

@@ -111,13 +111,13 @@ def round_cmd(
       sslall round --threshold 0.9 --policy adaptive --strategy margin --budget 20
       sslall round --nproc 4        (or: torchrun --nproc_per_node 4 -m sslall round)
     """
-    from sslall.model._distributed import teardown
-
     ws, config = open_workspace(workspace)
     config = round_config(config, threshold, policy, strategy, budget, route, mode, device)
     _refuse_if_busy(ws)
     if nproc != 1:
         raise typer.Exit(_launch(nproc))
+    from sslall.model._distributed import teardown  # torch: only once the round will run
+
     dist = _join(config)
     result = _one_round(ws, config, dist)
     teardown(dist)
@@ -176,11 +176,10 @@ def _refuse_if_busy(ws) -> None:
     import os
 
     from sslall.errors import LockBusy
+    from sslall.model._launcher import record_exit_code
     from sslall.workspace import lock_is_held, read_lock_holder
 
     if os.environ.get("WORLD_SIZE", "1") in ("", "1") and lock_is_held(ws):
-        from sslall.model._distributed import record_exit_code
-
         holder = read_lock_holder(ws)
         record_exit_code(LockBusy.exit_code)  # torchrun --nproc_per_node 1 reports 1 otherwise
         raise LockBusy(holder.get("pid"), holder.get("started"), holder.get("command"))
@@ -188,7 +187,7 @@ def _refuse_if_busy(ws) -> None:
 
 def _launch(nproc: int) -> int:
     """`--nproc N`: this same command under torchrun, minus `--nproc`; rank 0's exit code."""
-    from sslall.model._distributed import launch, world_size_from_env
+    from sslall.model._launcher import launch, world_size_from_env
 
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1, got {nproc}")
@@ -214,7 +213,7 @@ def _join(config: Config):
 def _one_round(ws, config: Config, dist):
     """One round (progress bars on rank 0 only); rank 0 records its exit code for `--nproc`."""
     from sslall.errors import SslallError
-    from sslall.model._distributed import record_exit_code
+    from sslall.model._launcher import record_exit_code
     from sslall.rounds import run_round
 
     main = dist is None or dist.is_main

@@ -1,4 +1,4 @@
-"""Process-group helpers for `torchrun` (PyTorch's own distributed engine), and the `--nproc` launcher.
+"""Process-group helpers for `torchrun` (PyTorch's own distributed engine).
 
 A round started by `torchrun --nproc_per_node N -m sslall round ...` runs in N processes. They
 find each other through torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
@@ -12,21 +12,16 @@ others, which join the collective steps only (feature extraction and scoring in 
 training) and then leave. An error rank 0 raises before the snapshot is sent (the lock is busy,
 no labels) is sent instead, so every rank exits with the same code and none waits forever.
 
-torchrun reports a failed worker as exit code 1, whatever the worker's own code. So rank 0
-writes its exit code to the file `$SSLALL_EXIT_FILE` names, when set; `sslall round --nproc N`
-sets it and exits with that code (75 when another round holds the lock).
+The torch-free part (WORLD_SIZE, the exit-code file, the `--nproc` launcher) lives in
+`sslall.model._launcher`, so a refused round answers without loading torch.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,11 +30,11 @@ import torch.distributed as tdist
 from torch.utils.data import Sampler
 
 from sslall.errors import SslallError
+from sslall.model._launcher import world_size_from_env
 
-__all__ = ["ENV_EXIT_FILE", "DealtSampler", "Dist", "RankZeroFailed", "broadcast", "gather_rows",
-           "launch", "record_exit_code", "setup", "shard_bounds", "teardown"]
+__all__ = ["DealtSampler", "Dist", "RankZeroFailed", "broadcast", "gather_rows", "setup", "shard_bounds",
+           "teardown"]
 
-ENV_EXIT_FILE = "SSLALL_EXIT_FILE"
 GATHER_ROWS = 16_384  # rows per message when shards are sent to rank 0 (bounds message size)
 
 
@@ -67,14 +62,6 @@ class RankZeroFailed(SslallError):
 
     def __str__(self) -> str:
         return f"rank 0: {self.args[0]}"
-
-
-def world_size_from_env() -> int:
-    """WORLD_SIZE as torchrun sets it; 1 when unset or unreadable."""
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
 
 
 def setup(device: torch.device) -> Dist | None:
@@ -162,31 +149,6 @@ class DealtSampler(Sampler[int]):
         drawn = list(self.base)
         drawn += drawn[: len(self) * self.world - len(drawn)]
         return iter(drawn[self.rank :: self.world])
-
-
-def record_exit_code(code: int) -> None:
-    """Write `code` to `$SSLALL_EXIT_FILE` (when set) so a launcher can exit with it."""
-    path = os.environ.get(ENV_EXIT_FILE)
-    if path:
-        Path(path).write_text(f"{int(code)}\n", encoding="ascii")
-
-
-def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run `python -m torch.distributed.run --nproc_per_node N -m sslall ARGV`; its exit code.
-
-    The code is rank 0's own (from `$SSLALL_EXIT_FILE`) when it recorded one, so a busy lock
-    still exits 75; otherwise torchrun's.
-    """
-    with tempfile.TemporaryDirectory(prefix="sslall-launch-") as tmp:
-        exit_file = Path(tmp) / "exit-code"
-        env = {**os.environ, ENV_EXIT_FILE: str(exit_file), "OMP_NUM_THREADS":
-               os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "sslall", *argv]
-        code = subprocess.run(cmd, env=env, check=False).returncode
-        if exit_file.is_file():
-            return int(exit_file.read_text(encoding="ascii").strip() or code)
-        return code
 
 
 def _object_device(dist: Dist) -> torch.device | None:
