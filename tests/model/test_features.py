@@ -12,8 +12,9 @@ from sslall.data._datasets import eval_transform, transform_key
 from sslall.data._images import load_rgb
 from sslall.errors import ModelError
 from sslall.model import _features as score
-from sslall.model._backbones import BASELINE_CNN, Classifier, MLPHead, create_backbone
-from sslall.model._features import FeatureCache, extract_features, mc_dropout_probs, predict
+from sslall.model._backbones import BASELINE_CNN, Backbone, Classifier, MLPHead, create_backbone
+from sslall.model._feature_cache import FeatureCache
+from sslall.model._features import extract_features, mc_dropout_probs, predict
 
 KEY = ("arch/d8", "random-1234", "eval-v1/size=32")
 
@@ -191,7 +192,7 @@ def test_extract_features_rejects_non_finite_features(tmp_path):
         def forward(self, x):
             return torch.full((x.shape[0], 4), float("nan"))
 
-    bb = score.Backbone(Broken(), 4, (0.5,) * 3, (0.5,) * 3, 32, "broken")
+    bb = Backbone(Broken(), 4, (0.5,) * 3, (0.5,) * 3, 32, "broken")
     with pytest.raises(ModelError, match="non-finite"):
         extract_features(bb, _images(tmp_path / "img", 2), image_size=32, cache=FeatureCache(tmp_path / "c"))
     key = transform_key(32, bb.mean, bb.std)
