@@ -28,6 +28,7 @@ from sslall.errors import ModelError
 from sslall.model._backbones import Backbone, Classifier
 from sslall.model._distributed import Dist, broadcast, gather_rows, shard_bounds
 from sslall.model._feature_cache import FeatureCache, FeatureSet
+from sslall.model._heads import head_sizes
 
 __all__ = ["extract_features", "mc_dropout_probs", "predict"]
 
@@ -140,7 +141,7 @@ def predict(
     dataset = ImageDataset([str(p) for _, p in samples],
                            eval_transform(image_size, mean, std, preprocess),
                            max_pixels=max_pixels)
-    width, n_classes = _head_sizes(model.head)
+    width, n_classes = head_sizes(model.head)
     logits = np.zeros((len(ids), n_classes), dtype=np.float32)
     embeddings: np.ndarray | None = None
     done = 0
@@ -182,7 +183,7 @@ def mc_dropout_probs(
     if not temperature > 0.0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     device = torch.device(device) if device is not None else next(head.parameters()).device
-    n_classes = _head_sizes(head)[1]
+    n_classes = head_sizes(head)[1]
     out = np.empty((T, len(features), n_classes), dtype=np.float32)
     modes = {m: m.training for m in head.modules()}
     head.to(device).eval()
@@ -265,13 +266,6 @@ def _architecture(backbone: Backbone) -> str:
     scales = f"/s{backbone.scales}" if backbone.scales else ""
     return f"{arch or type(backbone.module).__name__}/d{backbone.num_features}{scales}"
 
-
-def _head_sizes(head: nn.Module) -> tuple[int, int]:
-    """(input width, number of classes) of an MLP head."""
-    layers = [m for m in head.modules() if isinstance(m, nn.Linear)]
-    if not layers:
-        raise ModelError(f"head {type(head).__name__} has no linear layer")
-    return int(layers[0].in_features), int(layers[-1].out_features)
 
 
 def _fork_rng(device: torch.device) -> contextlib.AbstractContextManager:

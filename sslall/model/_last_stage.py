@@ -23,8 +23,9 @@ import torch
 from torch import nn
 
 from sslall.errors import ModelError
-from sslall.model._backbones import BaselineCNN, MLPHead
+from sslall.model._backbones import BaselineCNN
 from sslall.model._devices import seeded
+from sslall.model._heads import MLPHead
 from sslall.model._train import TrainResult, fit_rows, param_groups, prepare_rows
 
 __all__ = ["LastStage", "SUPPORTED", "flip_maps", "split_last_stage", "stage_embeddings",

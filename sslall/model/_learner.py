@@ -27,11 +27,12 @@ from sslall._faults import fault_point
 from sslall.config import Config
 from sslall.decide._metrics import expected_calibration_error, fit_temperature, softmax
 from sslall.decide._scores import Scores
-from sslall.model._backbones import Backbone, Classifier, EnsembleHead, MLPHead, create_backbone
+from sslall.model._backbones import Backbone, Classifier, create_backbone
 from sslall.model._devices import one_cpu_thread, resolve_device, resolve_mode
 from sslall.model._distributed import Dist, gather_rows, shard_bounds
 from sslall.model._feature_cache import FeatureCache
 from sslall.model._features import extract_features, mc_dropout_probs, predict
+from sslall.model._heads import EnsembleHead, MLPHead, head_sizes
 from sslall.model._last_stage import LastStage, split_last_stage, stage_embeddings, train_last_stage
 from sslall.model._train import finetune, train_head
 from sslall.store._pools import Sample
@@ -292,7 +293,7 @@ def _gather_scores(dist: Dist, logits: np.ndarray, embeddings: np.ndarray, n: in
 
 def _empty_scores(learner: Learner) -> Scores:
     """What ranks other than 0 get back from scoring: nothing (rank 0 has every row)."""
-    return Scores(np.zeros((0, head_out_features(learner.head)), np.float32),
+    return Scores(np.zeros((0, head_sizes(learner.head)[1]), np.float32),
                   np.zeros((0, learner.backbone.num_features), np.float32))
 
 
@@ -304,11 +305,8 @@ def _head_logits(head: MLPHead, features: np.ndarray, device: torch.device, batc
         for start in range(0, len(features), batch):
             chunk = torch.as_tensor(np.asarray(features[start:start + batch]), device=device)
             out.append(head(chunk.float()).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, head_out_features(head)), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, head_sizes(head)[1]), np.float32)
 
-
-def head_out_features(head: MLPHead) -> int:
-    return [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
 
 
 def _step(progress: Progress | None, name: str) -> Callable[[int, int], None] | None:

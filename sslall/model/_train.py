@@ -36,9 +36,10 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRa
 
 from sslall.data._datasets import ImageDataset, eval_transform, make_loader, train_transform
 from sslall.errors import ModelError
-from sslall.model._backbones import Classifier, MLPHead
+from sslall.model._backbones import Classifier
 from sslall.model._devices import one_cpu_thread, seeded
 from sslall.model._distributed import DealtSampler, Dist, broadcast
+from sslall.model._heads import MLPHead, head_sizes
 
 if TYPE_CHECKING:
     from sslall.config import AugmentConfig, PreprocessConfig
@@ -201,7 +202,7 @@ def finetune(
     Raises:
         ValueError, ModelError: as `train_head`; UnreadableImage if an image cannot be decoded.
     """
-    num_classes = _n_classes(classifier)
+    num_classes = head_sizes(classifier.head)[1]
     rows = np.arange(len(train_paths), dtype=np.float64)[:, None]  # prepare_rows drops weight-0 rows
     kept, y, w = prepare_rows(rows, train_y, train_w, num_classes, class_balance, epochs, batch_size)
     paths = [str(train_paths[int(i)]) for i in kept[:, 0]]
@@ -418,8 +419,3 @@ def _loader_scores(model: nn.Module, loader: DataLoader, val_y: np.ndarray, devi
             logits[idx] = out
     assert logits is not None  # a validation loader is only made for a non-empty holdout
     return _val_scores(logits, val_y)
-
-
-def _n_classes(classifier: Classifier) -> int:
-    return int([m for m in classifier.head.modules() if isinstance(m, nn.Linear)][-1].out_features)
-

@@ -12,9 +12,10 @@ from sslall.data._datasets import eval_transform, transform_key
 from sslall.data._images import load_rgb
 from sslall.errors import ModelError
 from sslall.model import _features as score
-from sslall.model._backbones import BASELINE_CNN, Backbone, Classifier, MLPHead, create_backbone
+from sslall.model._backbones import BASELINE_CNN, Backbone, Classifier, create_backbone
 from sslall.model._feature_cache import FeatureCache
 from sslall.model._features import extract_features, mc_dropout_probs, predict
+from sslall.model._heads import MLPHead
 
 KEY = ("arch/d8", "random-1234", "eval-v1/size=32")
 

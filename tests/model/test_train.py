@@ -10,8 +10,9 @@ from PIL import Image
 from sslall.config import AugmentConfig
 from sslall.errors import ConfigError, ModelError
 from sslall.model import _train as train
-from sslall.model._backbones import BASELINE_CNN, Classifier, MLPHead, create_backbone
+from sslall.model._backbones import BASELINE_CNN, Classifier, create_backbone
 from sslall.model._devices import resolve_device, resolve_mode
+from sslall.model._heads import MLPHead
 from sslall.model._train import TrainSet, finetune, train_head
 
 FAST = dict(hidden=(16,), dropout=0.1, epochs=15, batch_size=16, lr=1e-2, patience=5, seed=3)

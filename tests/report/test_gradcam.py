@@ -11,8 +11,9 @@ import torch
 from conftest import CLASSES, invoke, write_image
 from PIL import Image
 
-from sslall.model._backbones import BASELINE_CNN, Classifier, MLPHead, create_backbone
+from sslall.model._backbones import BASELINE_CNN, Classifier, create_backbone
 from sslall.model._checkpoints import save_checkpoint
+from sslall.model._heads import MLPHead
 from sslall.report._gradcam import Explainer, target_layer
 
 
