@@ -32,9 +32,10 @@ from sslall.model._devices import one_cpu_thread, resolve_device, resolve_mode
 from sslall.model._distributed import Dist, gather_rows, shard_bounds
 from sslall.model._feature_cache import FeatureCache
 from sslall.model._features import extract_features, mc_dropout_probs, predict
+from sslall.model._finetune import finetune
 from sslall.model._heads import EnsembleHead, MLPHead, head_sizes
 from sslall.model._last_stage import LastStage, split_last_stage, stage_embeddings, train_last_stage
-from sslall.model._train import finetune, train_head
+from sslall.model._train import train_head
 from sslall.store._pools import Sample
 
 if TYPE_CHECKING:

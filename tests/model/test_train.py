@@ -12,8 +12,9 @@ from sslall.errors import ConfigError, ModelError
 from sslall.model import _train as train
 from sslall.model._backbones import BASELINE_CNN, Classifier, create_backbone
 from sslall.model._devices import resolve_device, resolve_mode
+from sslall.model._finetune import finetune
 from sslall.model._heads import MLPHead
-from sslall.model._train import TrainSet, finetune, train_head
+from sslall.model._train import TrainSet, train_head
 
 FAST = dict(hidden=(16,), dropout=0.1, epochs=15, batch_size=16, lr=1e-2, patience=5, seed=3)
 
