@@ -36,7 +36,8 @@ from sslall.config import Config
 from sslall.data._images import sha256_file
 from sslall.errors import SslallError, UsageError
 from sslall.model._distributed import Dist, RankZeroFailed, broadcast, record_exit_code
-from sslall.store._pools import Move, PoolStore, RoundRecord, utc_now
+from sslall.store._pools import PoolStore
+from sslall.store._records import Move, RoundRecord, utc_now
 from sslall.store._snapshot import Snapshot, take_snapshot
 from sslall.workspace import Workspace, round_lock
 

@@ -27,7 +27,8 @@ from sslall.cli._console import (
 )
 from sslall.config import Config, ModelConfig, parse_classes
 from sslall.errors import ConfigError, IntegrityError, UsageError
-from sslall.store._pools import POOLS, PoolStore
+from sslall.store._pools import PoolStore
+from sslall.store._records import POOLS
 from sslall.workspace import Workspace, create_workspace, lock_is_held, read_lock_holder, round_lock
 
 app = typer.Typer(

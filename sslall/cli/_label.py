@@ -22,7 +22,8 @@ from sslall.cli._console import (
     print_json,
     say,
 )
-from sslall.store._pools import PoolStore, Sample
+from sslall.store._pools import PoolStore
+from sslall.store._records import Sample
 
 T = TypeVar("T")
 

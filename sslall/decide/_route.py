@@ -25,7 +25,7 @@ from sslall.decide._select import (
     class_thresholds,
     select_pseudo_labels,
 )
-from sslall.store._pools import Move
+from sslall.store._records import Move
 
 if TYPE_CHECKING:
     from sslall.decide._scores import Scores

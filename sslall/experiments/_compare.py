@@ -29,7 +29,7 @@ import numpy as np
 from sslall.config import Config, with_overrides
 from sslall.data._images import sha256_file
 from sslall.errors import InputError, ModelError
-from sslall.store._pools import Sample
+from sslall.store._records import Sample
 
 __all__ = ["CompareResult", "Labelled", "compare_backbones", "split_labelled"]
 

@@ -24,7 +24,8 @@ from sslall.errors import InputError, UsageError
 from sslall.model._learner import fit_learner
 from sslall.rounds import run_round
 from sslall.store._importer import Entry, import_entries, list_source
-from sslall.store._pools import Move, PoolStore
+from sslall.store._pools import PoolStore
+from sslall.store._records import Move
 from sslall.store._snapshot import Snapshot
 from sslall.workspace import Workspace, create_workspace
 

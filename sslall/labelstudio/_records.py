@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sslall.store._pools import PoolStore, Sample, utc_now
+from sslall.store._pools import PoolStore
+from sslall.store._records import Sample, utc_now
 
 PENDING_KEY = "labelstudio_push_pending"
 def get(store: PoolStore, sample_id: str) -> tuple[int, int, int | None, str | None] | None:

@@ -45,7 +45,8 @@ from sslall.labelstudio._client import (
     label_config,
     resolve_path,
 )
-from sslall.store._pools import Move, PoolStore, Sample, utc_now
+from sslall.store._pools import PoolStore
+from sslall.store._records import Move, Sample, utc_now
 from sslall.store._review_csv import agrees, answer_move
 
 if TYPE_CHECKING:

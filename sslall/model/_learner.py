@@ -36,7 +36,7 @@ from sslall.model._finetune import finetune
 from sslall.model._heads import EnsembleHead, MLPHead, head_sizes
 from sslall.model._last_stage import LastStage, split_last_stage, stage_embeddings, train_last_stage
 from sslall.model._train import train_head
-from sslall.store._pools import Sample
+from sslall.store._records import Sample
 
 if TYPE_CHECKING:
     from sslall.store._snapshot import Snapshot

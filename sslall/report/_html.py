@@ -25,7 +25,8 @@ from sslall.config import Config
 from sslall.data._images import UnreadableImage, load_rgb
 from sslall.report import _figures as fig
 from sslall.report._data import MAX_POINTS, read_embeddings, read_reliability
-from sslall.store._pools import POOLS, PoolStore, utc_now
+from sslall.store._pools import PoolStore
+from sslall.store._records import POOLS, utc_now
 from sslall.workspace import Workspace
 
 __all__ = ["build_report", "write_report"]

@@ -24,7 +24,8 @@ from pathlib import Path
 from sslall.data._images import IMAGE_SUFFIXES, UnreadableImage, inspect_image, sha256_file
 from sslall.errors import InputError, NotFoundError, UsageError
 from sslall.store._holdout import HoldoutPlanner
-from sslall.store._pools import NewSample, PoolStore
+from sslall.store._pools import PoolStore
+from sslall.store._records import Move, NewSample
 
 IMPORT_POOLS = ("labeled", "unlabeled", "holdout")
 WINDOW = 1024
@@ -285,8 +286,6 @@ def _reconcile(store: PoolStore, report: ImportReport, entry: Entry, sid: str, t
             )
             store.record_conflict(entry.path, sid, entry.label, existing.label)
         return None
-    from sslall.store._pools import Move  # local: only promotions need it
-
     store.apply_moves(
         [Move(sid, target, from_pool=existing.pool, label=entry.label, label_source="import",
               reason="labelled at import")], round_no=store.last_round(), actor="import",

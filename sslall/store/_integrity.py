@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from sslall.data._images import sha256_file
-from sslall.store._pools import LABELED_POOLS, POOLS, PoolStore
+from sslall.store._pools import PoolStore
+from sslall.store._records import LABELED_POOLS, POOLS
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ from sslall.labelstudio._client import (
     label_config,
     read_api_key,
 )
-from sslall.store._pools import Move, NewSample, PoolStore
+from sslall.store._pools import PoolStore
+from sslall.store._records import Move, NewSample
 from sslall.workspace import create_workspace
 
 pytestmark = pytest.mark.labelstudio
