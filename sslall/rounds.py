@@ -131,7 +131,8 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
     """
     from sslall.decide._metrics import classification_metrics
     from sslall.decide._route import decide_pseudo_labels, decide_routing
-    from sslall.labelstudio._sync import pull_if_configured, push_if_configured
+    from sslall.labelstudio._pull import pull_if_configured
+    from sslall.labelstudio._push import push_if_configured
     from sslall.model._learner import fit_learner
     from sslall.report._runfiles import write_run_dir
 

@@ -6,7 +6,7 @@ it in one project: a sample skipped back to unlabeled and routed to review again
 (visit 2, carried in the task data), so an old answer is never applied twice. `resolved_at` is
 set when a pull applied (or set aside) the task's answer; an open row is a task still waiting.
 The meta key `labelstudio_push_pending` marks a push that has not finished (see
-`sslall.labelstudio._sync`).
+`sslall.labelstudio._push`).
 """
 
 from __future__ import annotations
