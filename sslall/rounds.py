@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sslall._faults import fault_point
+from sslall._progress import Progress
 from sslall.config import Config
 from sslall.data._images import sha256_file
 from sslall.errors import SslallError, UsageError
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass

@@ -20,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from sslall._progress import Progress
 from sslall.config import Config, with_overrides
 from sslall.data._images import sha256_file
 from sslall.errors import InputError, ModelError
@@ -33,7 +34,6 @@ from sslall.store._records import Sample
 
 __all__ = ["CompareResult", "Labelled", "compare_backbones", "split_labelled"]
 
-Progress = Callable[[str, int, int], None]
 WEIGHTS = ("pretrained", "random")
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
+from sslall._progress import Progress
 from sslall.config import PreprocessConfig
 from sslall.data._datasets import ImageDataset, eval_transform, make_loader, transform_key
 from sslall.decide._scores import Scores
@@ -32,7 +33,6 @@ from sslall.model._heads import head_sizes
 
 __all__ = ["extract_features", "mc_dropout_probs", "predict"]
 
-Progress = Callable[[int, int], None]
 Sample = tuple[str, str]
 
 FLUSH_ROWS = 4096  # features kept in memory before they are written to the cache
@@ -46,14 +46,15 @@ def extract_features(
     work_dir: str | Path | None = None, backbone_name: str | None = None, flush_rows: int = FLUSH_ROWS,
     preprocess: PreprocessConfig | None = None,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None, kind: str = "",
+    step: str = "features",
 ) -> np.ndarray:
     """Features [N, D] float32 of `samples` ((sha256 id, path) pairs), computing only the uncached.
 
     Missing features are computed in streamed batches and appended to `cache` every
     `flush_rows` rows, so memory stays bounded and a kill loses at most one flush. The result is
     read back from the cache (into a memory-mapped `features.npy` in `work_dir` when large).
-    `progress(done, total)` counts samples, cached ones included. `backbone_name` overrides the
-    architecture name used in the cache key (default: timm's architecture or the class name).
+    `progress(step, done, total)` counts samples, cached ones included. `backbone_name` overrides
+    the architecture name used in the cache key (default: timm's architecture or the class name).
     Under torchrun (`dist`, every rank calls this) the uncached images are split into one
     contiguous shard per rank and the shards are sent to rank 0, which alone opens and writes
     the cache and returns the features; the other ranks return an empty [0, D] array.
@@ -79,7 +80,7 @@ def extract_features(
     total = len(dict.fromkeys(ids))
     done = total - len(todo)
     if progress is not None:
-        progress(done, total)
+        progress(step, done, total)
     if todo:
         transform = eval_transform(image_size, backbone.mean, backbone.std, preprocess)
         dataset = ImageDataset(list(todo.values()), transform, max_pixels=max_pixels)
@@ -101,7 +102,7 @@ def extract_features(
                     store.put(pending_ids, np.concatenate(pending))
                     pending_ids, pending = [], []
                 if progress is not None:
-                    progress(done, total)
+                    progress(step, done, total)
         if store is not None and pending_ids:
             store.put(pending_ids, np.concatenate(pending))
             pending = []
@@ -129,13 +130,14 @@ def predict(
     std: Sequence[float], batch_size: int = 64, device: torch.device | str = "cpu",
     num_workers: int = 0, max_pixels: int = 50_000_000, progress: Progress | None = None,
     work_dir: str | Path | None = None, mc_samples: int = 0, seed: int = 0,
-    preprocess: PreprocessConfig | None = None,
+    preprocess: PreprocessConfig | None = None, step: str = "score",
 ) -> Scores:
     """Logits and embeddings (the backbone's pooled features) of every sample, streamed.
 
     For finetune mode, where features change every round and cannot be cached. With
     `mc_samples` > 0, also MC-dropout probabilities of the head over the embeddings (BALD).
     Arrays larger than 256 MiB go to memory-mapped `.npy` files in `work_dir` when one is given.
+    `progress(step, done, total)` after each batch.
     """
     ids = [str(sample_id) for sample_id, _ in samples]
     dataset = ImageDataset([str(p) for _, p in samples],
@@ -160,7 +162,7 @@ def predict(
             logits[index] = out[:, -n_classes:]
             done += len(index)
             if progress is not None:
-                progress(done, len(ids))
+                progress(step, done, len(ids))
     if embeddings is None:
         embeddings = np.zeros((0, width), dtype=np.float32)
     mc = None

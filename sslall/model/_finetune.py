@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRandomSampler
 
+from sslall._progress import Progress
 from sslall.data._datasets import ImageDataset, eval_transform, make_loader, train_transform
 from sslall.model._backbones import Classifier
 from sslall.model._devices import seeded
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 __all__ = ["BACKBONE_LR_FACTOR", "finetune"]
 
 BACKBONE_LR_FACTOR = 0.1  # the pretrained backbone moves 10x slower than the new head
-Progress = Callable[[int, int], None]
 
 
 def finetune(
@@ -59,7 +59,8 @@ def finetune(
 
     AdamW (backbone at lr * 0.1, head at lr; no weight decay on biases and norms), cosine
     schedule per step, and on CUDA only: channels_last and autocast (bf16 when supported, else
-    fp16 with a GradScaler). Early stopping as in `train_head`; `progress(step, total_steps)`.
+    fp16 with a GradScaler). Early stopping as in `train_head`; `progress("train", step,
+    total_steps)` after each optimizer step.
 
     Under torchrun (`dist`), every rank calls this: DistributedDataParallel on `dist.device`;
     `batch_size` stays the global batch (each rank takes batch_size / world); the class-balanced
@@ -140,7 +141,7 @@ def finetune(
                 schedule.step()
                 total, seen, step = total + float(loss.detach()) * len(idx), seen + len(idx), step + 1
                 if progress is not None:
-                    progress(step, total_steps)
+                    progress("train", step, total_steps)
             f1, nll = (_loader_scores(classifier, val_loader, val_y, device, autocast)
                        if val_loader else (None, None))
             if world > 1 and has_val:

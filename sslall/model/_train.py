@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch import nn
 
+from sslall._progress import Progress
 from sslall.errors import ModelError
 from sslall.model._devices import one_cpu_thread, seeded
 from sslall.model._heads import MLPHead
@@ -40,7 +41,6 @@ __all__ = ["CLASS_BALANCE", "BestEpoch", "TrainResult", "TrainSet", "finite_loss
 log = logging.getLogger(__name__)
 
 CLASS_BALANCE = ("sampler", "loss", "none")
-Progress = Callable[[int, int], None]
 # A head epoch draws at least this many rows (repeating a small training set), so that 70
 # labeled cells get enough optimizer steps between two early-stopping checks; with one pass
 # per epoch the best holdout score was picked from an undertrained head (see BENCHMARKS.md).
@@ -90,7 +90,7 @@ def train_head(
 
     With validation rows, stops after `patience` epochs without a better val macro-F1
     (`patience` < 1: never early) and keeps the best epoch; without, keeps the last epoch.
-    `progress(epoch, epochs)` after each epoch.
+    `progress("train", epoch, epochs)` after each epoch.
 
     Raises:
         ValueError: inconsistent shapes, labels outside 0..num_classes-1, negative weights,
@@ -154,7 +154,7 @@ def fit_rows(
         best.history.append({"epoch": epoch, "train_loss": finite_loss(total / len(order), epoch, lr),
                              "val_macro_f1": f1, "val_loss": nll})
         if progress is not None:
-            progress(epoch, epochs)
+            progress("train", epoch, epochs)
         if has_val and best.update(epoch, f1, nll, model):
             break
     if not has_val:

@@ -14,13 +14,14 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from hashlib import sha256
 from itertools import islice
 from pathlib import Path
 
+from sslall._progress import Progress
 from sslall.data._images import IMAGE_SUFFIXES, UnreadableImage, inspect_image, sha256_file
 from sslall.errors import InputError, NotFoundError, UsageError
 from sslall.store._holdout import HoldoutPlanner
@@ -203,7 +204,7 @@ def _examined(entries: Iterable[Entry], max_pixels: int,
 def import_source(
     store: PoolStore, source: Path, pool: str, classes: Sequence[str], *,
     max_pixels: int, holdout_fraction: float = 0.0, seed: int = 0, workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None, step: str = "import",
 ) -> ImportReport:
     """Import every file of `source` into `pool`; see the module docstring.
 
@@ -214,22 +215,23 @@ def import_source(
     if pool in IMPORT_POOLS and source.is_dir() and not holdout_fraction:
         total = sum(1 for _ in _walk_folder(source, pool, classes))
         return import_entries(store, _walk_folder(source, pool, classes), pool,
-                              max_pixels=max_pixels, workers=workers, progress=progress, total=total)
+                              max_pixels=max_pixels, workers=workers, progress=progress, step=step,
+                              total=total)
     entries = list_source(source, pool, classes)
     return import_entries(store, entries, pool, max_pixels=max_pixels,
                           holdout_fraction=holdout_fraction, seed=seed, workers=workers,
-                          progress=progress)
+                          progress=progress, step=step)
 
 
 def import_entries(
     store: PoolStore, entries: Iterable[Entry], pool: str, *, max_pixels: int,
     holdout_fraction: float = 0.0, seed: int = 0, workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None, total: int | None = None,
+    progress: Progress | None = None, step: str = "import", total: int | None = None,
 ) -> ImportReport:
     """Import already-validated entries (labels known to be classes) into `pool`.
 
     `entries` may be a one-pass iterator when `total` (its length, for progress) is given and
-    no holdout is carved.
+    no holdout is carved. `progress(step, done, total)` after each file.
     """
     if holdout_fraction and pool != "labeled":
         raise UsageError("--holdout-fraction only applies when adding to the labeled pool")
@@ -258,7 +260,7 @@ def import_entries(
             _flush(store, batch, batch_ids, report)
         done += 1
         if progress:
-            progress(done, total)
+            progress(step, done, total)
     _flush(store, batch, batch_ids, report)
     return report
 

@@ -129,7 +129,8 @@ def test_extract_features_computes_each_feature_once(tmp_path, backbone):
     calls = []
     first = extract_features(backbone, samples + samples[:2], image_size=32,
                              cache=FeatureCache(tmp_path / "cache"), batch_size=3,
-                             progress=lambda d, t: calls.append((d, t)))
+                             progress=lambda step, d, t: calls.append((d, t)) if step == "features"
+                             else pytest.fail(step))
     assert sum(seen) == 7  # duplicates are computed once
     assert first.shape == (9, backbone.num_features) and first.dtype == np.float32
     np.testing.assert_array_equal(first[7:], first[:2])
@@ -156,7 +157,7 @@ def test_killed_extraction_keeps_what_was_flushed(tmp_path, backbone):
     samples = _images(tmp_path / "img", 8)
     cache_dir = tmp_path / "cache"
 
-    def die(done, total):
+    def die(step, done, total):
         if done >= 6:
             raise KeyboardInterrupt
 
