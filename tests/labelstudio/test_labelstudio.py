@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import CLASSES, headless_chromium, invoke, paused, sslall, write_image
+from conftest import CLASSES, headless_chromium, invoke, make_checkpoint, paused, sslall, write_image
 
 from sslall.config import Config, LabelStudioConfig, load_config
 from sslall.data._images import sha256_file
@@ -618,7 +618,6 @@ def test_server_killed_in_the_middle_of_a_push_and_restarted(ls_template: Path, 
 def test_an_annotator_sees_the_cell_in_chromium(ls: Server, tmp_path: Path, runner) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
-    from test_explain import make_checkpoint
 
     ws, ids = review_ws(tmp_path, ls, n=1)
     ckpt = make_checkpoint(tmp_path / "ckpt", "baseline-cnn", 32)
@@ -665,7 +664,6 @@ def test_push_with_cam_attaches_the_overlay_and_the_project_shows_it(ls: Server,
                                                                      runner) -> None:
     import base64
 
-    from test_explain import make_checkpoint
 
     ws, ids = review_ws(tmp_path, ls, n=1)
     assert invoke(runner, "label", "push", "-w", ws).exit_code == 0  # a project without overlays

@@ -7,26 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import CLASSES, invoke, write_image
+from conftest import CLASSES, invoke, make_checkpoint, write_image
 from PIL import Image
 
-from sslall.model._backbones import BASELINE_CNN, Classifier, create_backbone
-from sslall.model._checkpoints import save_checkpoint
-from sslall.model._heads import MLPHead
+from sslall.model._backbones import BASELINE_CNN
 from sslall.report._gradcam import Explainer, target_layer
-
-
-def make_checkpoint(directory: Path, backbone: str, image_size: int, seed: int = 0) -> Path:
-    """A real checkpoint of a randomly initialised backbone and head (what a round writes)."""
-    torch.manual_seed(seed)
-    bb = create_backbone(backbone, pretrained=False)
-    model = Classifier(bb.module, MLPHead(bb.num_features, len(CLASSES), hidden=(8,)), bb.scales)
-    meta = {"classes": list(CLASSES), "backbone": backbone, "image_size": image_size,
-            "mean": list(bb.mean), "std": list(bb.std), "temperature": 1.5, "round": 1,
-            "feature_scales": 0}
-    save_checkpoint(directory, {k: v.detach() for k, v in model.state_dict().items()}, meta)
-    return directory
 
 
 @pytest.mark.parametrize(("backbone", "size", "layer"), [
