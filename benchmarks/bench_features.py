@@ -32,7 +32,8 @@ from sklearn.metrics import f1_score
 from sslall.data._datasets import ImageDataset, eval_transform, make_loader
 from sslall.experiments._simulate import class_folders
 from sslall.model import _train as train
-from sslall.model._backbones import EnsembleHead, MLPHead, create_backbone
+from sslall.model._backbones import create_backbone
+from sslall.model._heads import EnsembleHead, MLPHead
 
 STAGES = 4
 MIN_ROWS = train.MIN_EPOCH_ROWS  # sslall's default, restored after the comparison

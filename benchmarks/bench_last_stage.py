@@ -37,8 +37,9 @@ from sslall.config import Config
 from sslall.data._datasets import ImageDataset, eval_transform, make_loader
 from sslall.decide._metrics import classification_metrics
 from sslall.experiments._simulate import SimulationSpec, class_folders, initial_split
-from sslall.model._backbones import MLPHead, create_backbone
+from sslall.model._backbones import create_backbone
 from sslall.model._devices import seeded
+from sslall.model._heads import MLPHead
 from sslall.model._last_stage import (
     STAGE_LR_FACTOR,
     LastStage,

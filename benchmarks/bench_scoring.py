@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import torch
 
     from sslall.model._backbones import Backbone
-    from sslall.model._features import FeatureCache
+    from sslall.model._feature_cache import FeatureCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _report  # noqa: E402
@@ -70,7 +70,8 @@ def bare_pass(backbone: Backbone, x: torch.Tensor, batches: int) -> float:
 def pipeline_pass(backbone: Backbone, samples: list[tuple[str, str]], size: int, batch: int,
                   workers: int, cache_dir: Path, cache: FeatureCache | None = None
                   ) -> tuple[float, FeatureCache]:
-    from sslall.model._features import FeatureCache, extract_features
+    from sslall.model._feature_cache import FeatureCache
+    from sslall.model._features import extract_features
 
     cache = cache if cache is not None else FeatureCache(cache_dir)
     t0 = time.perf_counter()
@@ -88,7 +89,7 @@ def components(backbone: Backbone, samples: list[tuple[str, str]], size: int, ba
 
     from sslall.data._datasets import eval_transform
     from sslall.data._images import load_rgb
-    from sslall.model._features import FeatureCache
+    from sslall.model._feature_cache import FeatureCache
 
     transform = eval_transform(size, backbone.mean, backbone.std)
     for _, path in samples[:8]:  # warm-up: first calls of each op
@@ -205,7 +206,8 @@ def profile_pipeline(backbone: Backbone, samples: list[tuple[str, str]], args: a
 
 def rss_child(spec: str, cache_dir: str, batch: int) -> None:
     """In the subprocess: extract features of N pbc-128 images (spec NxSIZExWORKERS), empty cache."""
-    from sslall.model._features import FeatureCache, extract_features
+    from sslall.model._feature_cache import FeatureCache
+    from sslall.model._features import extract_features
 
     n, size, workers = (int(v) for v in spec.split("x"))
     paths = _report.pick_images(_report.data_root() / "pbc-128", n)

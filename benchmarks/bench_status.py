@@ -43,7 +43,8 @@ ROUNDS = 10
 
 def build_store(ws: Path, n: int, seed: int = 0) -> dict:
     """Fill the workspace's (empty) store with n samples the way add_samples writes them."""
-    from sslall.store._pools import PoolStore, utc_now
+    from sslall.store._pools import PoolStore
+    from sslall.store._records import utc_now
 
     rng = np.random.default_rng(seed)
     pools = np.array(list(POOL_P))

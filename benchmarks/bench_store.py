@@ -32,7 +32,8 @@ from _report import emit, table, work_folder, write_section
 
 from sslall.cli._app import status_data
 from sslall.config import Config
-from sslall.store._pools import Move, NewSample, PoolStore, RoundRecord, utc_now
+from sslall.store._pools import PoolStore
+from sslall.store._records import Move, NewSample, RoundRecord, utc_now
 from sslall.store._snapshot import take_snapshot
 from sslall.workspace import create_workspace
 

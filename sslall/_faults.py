@@ -15,7 +15,7 @@ from pathlib import Path
 # The steps of a round (`sslall round` reaches every one of them).
 POINTS = ("verify", "train", "features-done", "score", "calibrate", "select", "route", "record",
           "checkpoint-written", "run-dir-renamed")
-# Label Studio (sslall/labelstudio/_sync.py): "labelstudio-push" after the server created a
+# Label Studio (sslall/labelstudio/_push.py, _pull.py): "labelstudio-push" after the server created a
 # batch of tasks and before the store recorded them; "labelstudio-pull" after a page of
 # annotations was decided and before its moves were committed.
 

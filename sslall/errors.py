@@ -112,3 +112,10 @@ class LabelStudioError(SslallError):
     """The Label Studio server failed, refused the token, or is unreachable."""
 
     exit_code = EXIT_SERVICE
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message (its class name when empty): for one-line errors that
+    quote a library's long exception."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

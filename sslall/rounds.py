@@ -33,11 +33,13 @@ import numpy as np
 
 from sslall._faults import fault_point
 from sslall._fsutil import sha256_file
+from sslall._progress import Progress
 from sslall.config import Config
 from sslall.errors import SslallError, UsageError
 from sslall.model._distributed import Dist, RankZeroFailed, broadcast
 from sslall.model._launcher import record_exit_code
-from sslall.store._pools import Move, PoolStore, RoundRecord, utc_now
+from sslall.store._pools import PoolStore
+from sslall.store._records import Move, RoundRecord, utc_now
 from sslall.store._snapshot import Snapshot, take_snapshot
 from sslall.workspace import Workspace, round_lock
 
@@ -48,7 +50,6 @@ __all__ = ["RoundResult", "run_round"]
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -133,7 +134,8 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
     """
     from sslall.decide._metrics import classification_metrics
     from sslall.decide._route import decide_pseudo_labels, decide_routing
-    from sslall.labelstudio._sync import pull_if_configured, push_if_configured
+    from sslall.labelstudio._pull import pull_if_configured
+    from sslall.labelstudio._push import push_if_configured
     from sslall.model._learner import fit_learner
     from sslall.report._runfiles import write_run_dir
 

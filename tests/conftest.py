@@ -30,6 +30,24 @@ def sslall(*args: object, cwd: Path | None = None, env: dict | None = None
                           text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
 
 
+def make_checkpoint(directory: Path, backbone: str, image_size: int, seed: int = 0) -> Path:
+    """A real checkpoint of a randomly initialised backbone and head (what a round writes)."""
+    import torch
+
+    from sslall.model._backbones import Classifier, create_backbone
+    from sslall.model._checkpoints import save_checkpoint
+    from sslall.model._heads import MLPHead
+
+    torch.manual_seed(seed)
+    bb = create_backbone(backbone, pretrained=False)
+    model = Classifier(bb.module, MLPHead(bb.num_features, len(CLASSES), hidden=(8,)), bb.scales)
+    meta = {"classes": list(CLASSES), "backbone": backbone, "image_size": image_size,
+            "mean": list(bb.mean), "std": list(bb.std), "temperature": 1.5, "round": 1,
+            "feature_scales": 0}
+    save_checkpoint(directory, {k: v.detach() for k, v in model.state_dict().items()}, meta)
+    return directory
+
+
 def paused(args: list, point: str, marker: Path, *, timeout: float = 300) -> subprocess.Popen:
     """`sslall ARGS` frozen at fault point `point` (it writes `marker` and waits there)."""
     proc = subprocess.Popen([sys.executable, "-m", "sslall", *map(str, args)],
@@ -82,23 +100,6 @@ def make_class_tree(root: Path, per_class: int = 4, classes=CLASSES, seed: int =
         for i in range(per_class):
             write_image(root / c / f"{c}_{i}.png", seed * 100_000 + ci * 1000 + i)
     return root
-
-
-def make_checkpoint(directory: Path, backbone: str, image_size: int, seed: int = 0) -> Path:
-    """A real checkpoint of a randomly initialised backbone and head (what a round writes)."""
-    import torch
-
-    from sslall.model._backbones import Classifier, MLPHead, create_backbone
-    from sslall.model._checkpoints import save_checkpoint
-
-    torch.manual_seed(seed)
-    bb = create_backbone(backbone, pretrained=False)
-    model = Classifier(bb.module, MLPHead(bb.num_features, len(CLASSES), hidden=(8,)), bb.scales)
-    meta = {"classes": list(CLASSES), "backbone": backbone, "image_size": image_size,
-            "mean": list(bb.mean), "std": list(bb.std), "temperature": 1.5, "round": 1,
-            "feature_scales": 0}
-    save_checkpoint(directory, {k: v.detach() for k, v in model.state_dict().items()}, meta)
-    return directory
 
 
 @pytest.fixture(autouse=True)

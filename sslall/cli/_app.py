@@ -27,7 +27,8 @@ from sslall.cli._console import (
 )
 from sslall.config import Config, ModelConfig, parse_classes
 from sslall.errors import ConfigError, IntegrityError, UsageError
-from sslall.store._pools import POOLS, PoolStore
+from sslall.store._pools import PoolStore
+from sslall.store._records import POOLS
 from sslall.workspace import Workspace, create_workspace, lock_is_held, read_lock_holder, round_lock
 
 app = typer.Typer(
@@ -233,13 +234,7 @@ def check(
     with PoolStore(ws.db_path) as store:
         total = sum(store.pool_sizes().values())
         with progress_bar("hashing files", total if files else 0) as update:
-            done = [0]
-
-            def tick(n: int) -> None:
-                done[0] += n
-                update(done[0])
-
-            violations = check_store(store, config.classes, files=files, progress=tick)
+            violations = check_store(store, config.classes, files=files, progress=update)
     if json_out:
         print_json({"ok": not violations, "samples": total,
                     "violations": [vars(v) for v in violations]})

@@ -20,8 +20,10 @@ from typing import Annotated, Any, TypeVar
 import click
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as Bars
 
+from sslall._progress import Progress
 from sslall.config import Config
 from sslall.errors import EXIT_FAILURE, SslallError
 from sslall.workspace import Workspace, find_workspace
@@ -115,18 +117,19 @@ def warn(message: str) -> None:
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
-    """Yield `update(done, total)`; draws a bar on a terminal, nothing under --quiet."""
+def progress_bar(description: str, total: int | None = None) -> Iterator[Progress]:
+    """Yield a `Progress` drawn as one bar named `description` (the step names are not shown);
+    nothing under --quiet or when `total` is 0."""
     if is_quiet() or total == 0:
-        yield lambda *a, **k: None
+        yield lambda *a: None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task(description, total=total)
+    with Bars(*columns, console=err_console, transient=True) as bars:
+        task = bars.add_task(description, total=total)
 
-        def update(done: int, new_total: int | None = None) -> None:
-            progress.update(task, completed=done, total=new_total or total)
+        def update(_step: str, done: int, new_total: int) -> None:
+            bars.update(task, completed=done, total=new_total or total)
 
         yield update
 
@@ -162,19 +165,20 @@ def setup_logging(workspace_log: Path | None) -> None:
 
 
 @contextmanager
-def step_progress() -> Iterator[Callable[[str, int, int], None]]:
-    """Yield `update(step, done, total)`: one bar per step of a round, nothing under --quiet."""
+def step_progress() -> Iterator[Progress]:
+    """Yield a `Progress` drawn as one bar per step (a round's verify, features, train, score),
+    nothing under --quiet."""
     if is_quiet():
         yield lambda *a: None
         return
     columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, console=err_console, transient=False) as progress:
+    with Bars(*columns, console=err_console, transient=False) as bars:
         tasks: dict[str, Any] = {}
 
         def update(step: str, done: int, total: int) -> None:
             if step not in tasks:
-                tasks[step] = progress.add_task(step, total=total)
-            progress.update(tasks[step], completed=done, total=total)
+                tasks[step] = bars.add_task(step, total=total)
+            bars.update(tasks[step], completed=done, total=total)
 
         yield update

@@ -172,7 +172,7 @@ def report_cmd(
         raise InputError("--tsne-max must be 0 or more and --per-class 1 or more")
     ws, config = open_workspace(workspace)
     write_report(ws, config, out, tsne_max=tsne_max, per_class=per_class,
-                 progress=lambda step: say(f"report: {step}"))
+                 progress=lambda step, _done, _total: say(f"report: {step}"))
     say(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -22,7 +22,8 @@ from sslall.cli._console import (
     print_json,
     say,
 )
-from sslall.store._pools import PoolStore, Sample
+from sslall.store._pools import PoolStore
+from sslall.store._records import Sample
 
 T = TypeVar("T")
 
@@ -70,7 +71,7 @@ def push_cmd(
     """
     from functools import partial
 
-    from sslall.labelstudio._sync import push
+    from sslall.labelstudio._push import push
 
     overlay = _cam_overlay(workspace, checkpoint) if with_cam else None
     report = _locked(partial(push, overlay=overlay), workspace, "sslall label push")
@@ -118,7 +119,7 @@ def pull_cmd(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> N
     Example:
       sslall label pull --json
     """
-    from sslall.labelstudio._sync import pull
+    from sslall.labelstudio._pull import pull
 
     report = _locked(pull, workspace, "sslall label pull")
     if json_out:
@@ -142,7 +143,7 @@ def status_cmd(workspace: WorkspaceOption = None, json_out: JsonFlag = False) ->
     Example:
       sslall label status
     """
-    from sslall.labelstudio._sync import status
+    from sslall.labelstudio._project import status
 
     ws, config = open_workspace(workspace)
     with PoolStore(ws.db_path) as store:

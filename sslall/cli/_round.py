@@ -23,7 +23,8 @@ from sslall.cli._console import (
 )
 from sslall.config import Config, with_overrides
 from sslall.errors import ConfigError, UsageError
-from sslall.store._pools import POOLS, PoolStore
+from sslall.store._pools import PoolStore
+from sslall.store._records import POOLS
 
 Threshold = Annotated[float | None, typer.Option(help="Calibrated confidence for a pseudo label "
                       "(pseudo.threshold).")]

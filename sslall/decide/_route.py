@@ -20,7 +20,7 @@ from sslall.config import Config
 from sslall.decide._acquisition import acquire
 from sslall.decide._index import knn_agreement
 from sslall.decide._policies import class_caps_from_prior, class_thresholds, select_pseudo_labels
-from sslall.store._pools import Move
+from sslall.store._records import Move
 
 if TYPE_CHECKING:
     from sslall.decide._scores import Scores

@@ -20,20 +20,20 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sslall._fsutil import sha256_file
+from sslall._progress import Progress
 from sslall.config import Config, with_overrides
 from sslall.errors import InputError, ModelError
-from sslall.store._pools import Sample
+from sslall.store._records import Sample
 
 __all__ = ["CompareResult", "Labelled", "compare_backbones", "split_labelled"]
 
-Progress = Callable[[str, int, int], None]
 WEIGHTS = ("pretrained", "random")
 
 

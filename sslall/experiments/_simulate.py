@@ -18,17 +18,17 @@ from pathlib import Path
 import numpy as np
 
 from sslall._fsutil import sha256_file
+from sslall._progress import Progress
 from sslall.config import Config, with_overrides
 from sslall.decide._metrics import classification_metrics, softmax
 from sslall.errors import InputError, UsageError
 from sslall.model._learner import fit_learner
 from sslall.rounds import run_round
 from sslall.store._importer import Entry, import_entries, list_source
-from sslall.store._pools import Move, PoolStore
+from sslall.store._pools import PoolStore
+from sslall.store._records import Move
 from sslall.store._snapshot import Snapshot
 from sslall.workspace import Workspace, create_workspace
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,7 @@ def prepare_simulation(spec: SimulationSpec, *, progress: Progress | None = None
     with PoolStore(ws.db_path) as store:
         for pool, part in (("labeled", labeled), ("holdout", holdout), ("unlabeled", unlabeled)):
             import_entries(store, part, pool, max_pixels=config.data.max_pixels,
-                           progress=None if progress is None else
-                           (lambda d, t, p=pool: progress(f"import {p}", d, t)))
+                           progress=progress, step=f"import {pool}")
         truth = {}
         for path, label in truth_by_path.items():
             found = store.find_path(path)

@@ -6,14 +6,15 @@ it in one project: a sample skipped back to unlabeled and routed to review again
 (visit 2, carried in the task data), so an old answer is never applied twice. `resolved_at` is
 set when a pull applied (or set aside) the task's answer; an open row is a task still waiting.
 The meta key `labelstudio_push_pending` marks a push that has not finished (see
-`sslall.labelstudio._sync`).
+`sslall.labelstudio._push`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sslall.store._pools import PoolStore, Sample, utc_now
+from sslall.store._pools import PoolStore
+from sslall.store._records import Sample, utc_now
 
 PENDING_KEY = "labelstudio_push_pending"
 def get(store: PoolStore, sample_id: str) -> tuple[int, int, int | None, str | None] | None:

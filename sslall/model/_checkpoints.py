@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from sslall._fsutil import sha256_file, write_atomic
-from sslall.errors import ModelError, NotFoundError
+from sslall.errors import ModelError, NotFoundError, first_line
 
 __all__ = [
     "LITE0",
@@ -132,7 +132,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelError(f"{path} is a damaged safetensors file: {_first_line(exc)}") from exc
+        raise ModelError(f"{path} is a damaged safetensors file: {first_line(exc)}") from exc
 
 
 def write_safetensors(
@@ -274,7 +274,7 @@ def _read_meta(meta_path: Path) -> dict[str, Any]:
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{meta_path} is not readable JSON: {_first_line(exc)}") from exc
+        raise ModelError(f"{meta_path} is not readable JSON: {first_line(exc)}") from exc
     if not isinstance(meta, dict):
         raise ModelError(f"{meta_path} must hold a JSON object, found {type(meta).__name__}")
     version = meta.get("format_version", FORMAT_VERSION)
@@ -300,8 +300,3 @@ def _plain_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
         seen.add(ptr)
         out[key] = tensor
     return out
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

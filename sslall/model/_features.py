@@ -1,18 +1,9 @@
-"""Batched inference: frozen-backbone features (cached on disk), logits, embeddings, MC dropout.
+"""Batched inference: frozen-backbone features (through the on-disk cache), logits, embeddings,
+MC dropout.
 
-The CPU path lives on the feature cache: a frozen backbone scores ~15-40 images/s on two
-cores, so a feature is computed once per (image sha256, backbone, weights, eval transform) and
-read back on every later round. Layout under the cache directory:
-
-    <sha256(key)[:16]>/meta.json          the key: backbone, weights_id, transform
-    <sha256(key)[:16]>/<shard>.npy        features [n, D], float16 (float32 if out of range)
-    <sha256(key)[:16]>/<shard>.ids        the n sample ids, one per line (the commit marker)
-
-Shards are append-only and each file is written to a hidden `.tmp` name, fsynced, then renamed, the
-`.ids` file last: a shard counts only once its `.ids` exists and its row count matches, so a
-process killed mid-write leaves at worst an ignored temp or orphan file (swept after an hour).
-Features are returned exactly as stored (float16 rounded, then float32), so a fresh
-computation and a cache hit give the same numbers.
+The CPU path lives on the feature cache (`sslall.model._feature_cache`): a frozen backbone
+scores ~15-40 images/s on two cores, so `extract_features` computes only what the cache lacks
+and appends it there.
 
 Scoring streams: images are decoded in DataLoader workers, batches run under
 `torch.inference_mode` (channels_last + bf16 autocast on CUDA), and large outputs go to a
@@ -22,13 +13,6 @@ memory-mapped `.npy` in a work directory instead of memory.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
-import json
-import logging
-import os
-import secrets
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -37,164 +21,22 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
-from sslall._fsutil import fsync_dir, write_atomic
+from sslall._progress import Progress
 from sslall.config import PreprocessConfig
 from sslall.data._datasets import ImageDataset, eval_transform, make_loader, transform_key
 from sslall.decide._scores import Scores
 from sslall.errors import ModelError
 from sslall.model._backbones import Backbone, Classifier
 from sslall.model._distributed import Dist, broadcast, gather_rows, shard_bounds
+from sslall.model._feature_cache import FeatureCache, FeatureSet
+from sslall.model._heads import head_sizes
 
-__all__ = ["FeatureCache", "FeatureSet", "extract_features", "mc_dropout_probs", "predict"]
+__all__ = ["extract_features", "mc_dropout_probs", "predict"]
 
-log = logging.getLogger(__name__)
-
-Progress = Callable[[int, int], None]
 Sample = tuple[str, str]
 
 FLUSH_ROWS = 4096  # features kept in memory before they are written to the cache
 MEMMAP_BYTES = 256 * 2**20  # outputs larger than this go to a memory-mapped file (if a work dir is given)
-_FORMAT = 1
-_STALE_SECONDS = 3600.0
-_FP16_MAX = float(np.finfo(np.float16).max)
-
-
-class FeatureSet:
-    """The cached features of one (backbone, weights_id, transform) key; see the module docstring.
-
-    The id -> (shard, row) index is built once when the set is opened and kept up to date by
-    `put`; `refresh()` picks up shards that another process wrote since.
-    """
-
-    def __init__(self, directory: Path, key: dict[str, str], *, dtype: np.dtype) -> None:
-        self.directory = directory
-        self.key = dict(key)
-        self.dtype = np.dtype(dtype)
-        self._shards: list[np.ndarray] = []
-        self._loaded: set[str] = set()
-        self._index: dict[str, tuple[int, int]] = {}
-        directory.mkdir(parents=True, exist_ok=True)
-        meta_path = directory / "meta.json"
-        if meta_path.is_file():
-            stored = json.loads(meta_path.read_text(encoding="utf-8"))
-            if stored.get("key") != self.key:
-                raise ModelError(f"feature cache {directory} belongs to another key: {stored.get('key')}")
-        else:
-            meta = {"format": _FORMAT, "key": self.key, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            write_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
-        self._sweep_stale()
-        self.refresh()
-
-    def __len__(self) -> int:
-        return len(self._index)
-
-    def __contains__(self, sample_id: object) -> bool:
-        return sample_id in self._index
-
-    @property
-    def dim(self) -> int | None:
-        """Feature width D, or None while the set is empty."""
-        return int(self._shards[0].shape[1]) if self._shards else None
-
-    def refresh(self) -> None:
-        """Index the complete shards not seen yet (the first indexed copy of an id wins)."""
-        for ids_path in sorted(self.directory.glob("*.ids")):
-            name = ids_path.name[: -len(".ids")]
-            if name in self._loaded or name.startswith("."):
-                continue
-            try:
-                ids = ids_path.read_text(encoding="utf-8").splitlines()
-                feats = np.load(self.directory / f"{name}.npy", mmap_mode="r")
-            except (OSError, ValueError, UnicodeDecodeError) as exc:
-                log.warning("feature cache: skipping unreadable shard %s (%s)", ids_path, exc)
-                continue
-            if feats.ndim != 2 or len(feats) != len(ids) or (self.dim not in (None, feats.shape[1])):
-                log.warning("feature cache: skipping inconsistent shard %s %s", ids_path, feats.shape)
-                continue
-            self._loaded.add(name)
-            shard = len(self._shards)
-            self._shards.append(feats)
-            for row, sample_id in enumerate(ids):
-                self._index.setdefault(sample_id, (shard, row))
-
-    def get(self, ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
-        """(float32 features [n_found, D] of the ids present, in `ids` order; the missing ids)."""
-        hits = [self._index.get(sample_id) for sample_id in ids]
-        missing = [sample_id for sample_id, hit in zip(ids, hits, strict=True) if hit is None]
-        found = np.array([hit for hit in hits if hit is not None], dtype=np.int64).reshape(-1, 2)
-        shards, rows = found[:, 0], found[:, 1]
-        out = np.empty((len(found), self.dim or 0), dtype=np.float32)
-        for shard in np.unique(shards):
-            where = np.flatnonzero(shards == shard)
-            where = where[np.argsort(rows[where], kind="stable")]  # sequential reads of the map
-            out[where] = self._shards[int(shard)][rows[where]]
-        return out, missing
-
-    def put(self, ids: Sequence[str], features: np.ndarray) -> int:
-        """Append the features of ids not cached yet as one new shard; returns how many were written."""
-        features = np.asarray(features)
-        if features.ndim != 2 or len(features) != len(ids):
-            raise ValueError(f"features must be [{len(ids)}, D], got shape {features.shape}")
-        if self.dim is not None and features.shape[1] != self.dim:
-            raise ValueError(f"features have width {features.shape[1]}, this cache holds {self.dim}")
-        if not np.isfinite(features).all():
-            raise ValueError("features contain NaN or infinite values; refusing to cache them")
-        keep: dict[str, int] = {}
-        for row, sample_id in enumerate(ids):
-            sample_id = str(sample_id)
-            if not sample_id or any(c in sample_id for c in "\r\n"):
-                raise ValueError(f"sample id {sample_id!r} is empty or holds a line break")
-            if sample_id not in self._index and sample_id not in keep:
-                keep[sample_id] = row
-        if not keep:
-            return 0
-        rows = np.fromiter(keep.values(), dtype=np.int64, count=len(keep))
-        dtype = self.dtype
-        if dtype == np.float16 and np.abs(features[rows]).max(initial=0.0) > _FP16_MAX:
-            dtype = np.dtype(np.float32)
-        block = np.ascontiguousarray(features[rows], dtype=dtype)
-        name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
-        buffer = io.BytesIO()
-        np.save(buffer, block, allow_pickle=False)
-        write_atomic(self.directory / f"{name}.npy", buffer.getvalue())
-        write_atomic(self.directory / f"{name}.ids", ("\n".join(keep) + "\n").encode("utf-8"))
-        fsync_dir(self.directory)
-        self.refresh()
-        return len(keep)
-
-    def _sweep_stale(self) -> None:
-        """Delete temp files and orphan feature files a killed writer left over an hour ago."""
-        now = time.time()
-        for path in self.directory.iterdir():
-            orphan = path.suffix == ".npy" and not path.with_suffix(".ids").exists()
-            if not (_is_temp(path) or orphan):
-                continue
-            with contextlib.suppress(OSError):
-                if now - path.stat().st_mtime > _STALE_SECONDS:
-                    path.unlink()
-
-
-class FeatureCache:
-    """On-disk cache of frozen-backbone features, one `FeatureSet` per (backbone, weights, transform).
-
-    `dtype` is the storage type (float16 halves the disk; values beyond its range are kept
-    float32). Opened sets are remembered by this instance, so their index is built once.
-    """
-
-    def __init__(self, directory: str | Path, *, dtype: str = "float16") -> None:
-        if np.dtype(dtype) not in (np.float16, np.float32):
-            raise ValueError(f"feature cache dtype must be float16 or float32, got {dtype}")
-        self.directory = Path(directory)
-        self.dtype = np.dtype(dtype)
-        self._sets: dict[str, FeatureSet] = {}
-
-    def open(self, backbone: str, weights_id: str, transform: str) -> FeatureSet:
-        """The feature set of one key (created on first use)."""
-        key = {"backbone": str(backbone), "weights_id": str(weights_id), "transform": str(transform)}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-        if digest not in self._sets:
-            self._sets[digest] = FeatureSet(self.directory / digest, key, dtype=self.dtype)
-        return self._sets[digest]
 
 
 def extract_features(
@@ -204,14 +46,15 @@ def extract_features(
     work_dir: str | Path | None = None, backbone_name: str | None = None, flush_rows: int = FLUSH_ROWS,
     preprocess: PreprocessConfig | None = None,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None, kind: str = "",
+    step: str = "features",
 ) -> np.ndarray:
     """Features [N, D] float32 of `samples` ((sha256 id, path) pairs), computing only the uncached.
 
     Missing features are computed in streamed batches and appended to `cache` every
     `flush_rows` rows, so memory stays bounded and a kill loses at most one flush. The result is
     read back from the cache (into a memory-mapped `features.npy` in `work_dir` when large).
-    `progress(done, total)` counts samples, cached ones included. `backbone_name` overrides the
-    architecture name used in the cache key (default: timm's architecture or the class name).
+    `progress(step, done, total)` counts samples, cached ones included. `backbone_name` overrides
+    the architecture name used in the cache key (default: timm's architecture or the class name).
     Under torchrun (`dist`, every rank calls this) the uncached images are split into one
     contiguous shard per rank and the shards are sent to rank 0, which alone opens and writes
     the cache and returns the features; the other ranks return an empty [0, D] array.
@@ -237,7 +80,7 @@ def extract_features(
     total = len(dict.fromkeys(ids))
     done = total - len(todo)
     if progress is not None:
-        progress(done, total)
+        progress(step, done, total)
     if todo:
         transform = eval_transform(image_size, backbone.mean, backbone.std, preprocess)
         dataset = ImageDataset(list(todo.values()), transform, max_pixels=max_pixels)
@@ -259,7 +102,7 @@ def extract_features(
                     store.put(pending_ids, np.concatenate(pending))
                     pending_ids, pending = [], []
                 if progress is not None:
-                    progress(done, total)
+                    progress(step, done, total)
         if store is not None and pending_ids:
             store.put(pending_ids, np.concatenate(pending))
             pending = []
@@ -287,19 +130,20 @@ def predict(
     std: Sequence[float], batch_size: int = 64, device: torch.device | str = "cpu",
     num_workers: int = 0, max_pixels: int = 50_000_000, progress: Progress | None = None,
     work_dir: str | Path | None = None, mc_samples: int = 0, seed: int = 0,
-    preprocess: PreprocessConfig | None = None,
+    preprocess: PreprocessConfig | None = None, step: str = "score",
 ) -> Scores:
     """Logits and embeddings (the backbone's pooled features) of every sample, streamed.
 
     For finetune mode, where features change every round and cannot be cached. With
     `mc_samples` > 0, also MC-dropout probabilities of the head over the embeddings (BALD).
     Arrays larger than 256 MiB go to memory-mapped `.npy` files in `work_dir` when one is given.
+    `progress(step, done, total)` after each batch.
     """
     ids = [str(sample_id) for sample_id, _ in samples]
     dataset = ImageDataset([str(p) for _, p in samples],
                            eval_transform(image_size, mean, std, preprocess),
                            max_pixels=max_pixels)
-    width, n_classes = _head_sizes(model.head)
+    width, n_classes = head_sizes(model.head)
     logits = np.zeros((len(ids), n_classes), dtype=np.float32)
     embeddings: np.ndarray | None = None
     done = 0
@@ -318,7 +162,7 @@ def predict(
             logits[index] = out[:, -n_classes:]
             done += len(index)
             if progress is not None:
-                progress(done, len(ids))
+                progress(step, done, len(ids))
     if embeddings is None:
         embeddings = np.zeros((0, width), dtype=np.float32)
     mc = None
@@ -341,7 +185,7 @@ def mc_dropout_probs(
     if not temperature > 0.0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     device = torch.device(device) if device is not None else next(head.parameters()).device
-    n_classes = _head_sizes(head)[1]
+    n_classes = head_sizes(head)[1]
     out = np.empty((T, len(features), n_classes), dtype=np.float32)
     modes = {m: m.training for m in head.modules()}
     head.to(device).eval()
@@ -425,21 +269,9 @@ def _architecture(backbone: Backbone) -> str:
     return f"{arch or type(backbone.module).__name__}/d{backbone.num_features}{scales}"
 
 
-def _head_sizes(head: nn.Module) -> tuple[int, int]:
-    """(input width, number of classes) of an MLP head."""
-    layers = [m for m in head.modules() if isinstance(m, nn.Linear)]
-    if not layers:
-        raise ModelError(f"head {type(head).__name__} has no linear layer")
-    return int(layers[0].in_features), int(layers[-1].out_features)
-
 
 def _fork_rng(device: torch.device) -> contextlib.AbstractContextManager:
     """Fork the CPU RNG (and the device's, on CUDA) so seeding inside leaves the caller's alone."""
     devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
     return torch.random.fork_rng(devices=devices)
-
-
-def _is_temp(path: Path) -> bool:
-    """A file `fsutil.write_atomic` was writing when its process died."""
-    return path.name.startswith(".") and path.name.endswith(".tmp")

@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from sslall._progress import Progress
 from sslall.errors import ModelError
-from sslall.model._backbones import BaselineCNN, MLPHead
+from sslall.model._backbones import BaselineCNN
 from sslall.model._devices import seeded
+from sslall.model._heads import MLPHead
 from sslall.model._train import TrainResult, fit_rows, param_groups, prepare_rows
 
 __all__ = ["LastStage", "SUPPORTED", "flip_maps", "split_last_stage", "stage_embeddings",
@@ -157,9 +159,9 @@ def flip_maps(maps: Tensor, generator: torch.Generator, *, hflip: bool, vflip: b
 
 def stage_embeddings(stage: LastStage, maps: np.ndarray, device: torch.device, *,
                      batch_size: int = SCORE_BATCH, rows: Sequence[int] | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                     progress: Progress | None = None, step: str = "score") -> np.ndarray:
     """Pooled features [N, D] float32 of cached maps (all rows, or `rows`), in eval mode;
-    `progress(done, total)` after each batch."""
+    `progress(step, done, total)` after each batch."""
     index = np.arange(len(maps)) if rows is None else np.asarray(rows, dtype=np.int64)
     was_training = stage.training
     stage.to(device).eval()
@@ -173,7 +175,7 @@ def stage_embeddings(stage: LastStage, maps: np.ndarray, device: torch.device, *
                                     device=device)
                 out.append(stage(x).float().cpu().numpy())
                 if progress is not None:
-                    progress(min(start + batch_size, len(index)), len(index))
+                    progress(step, min(start + batch_size, len(index)), len(index))
     finally:
         stage.train(was_training)
     if not out:
@@ -186,7 +188,7 @@ def train_last_stage(
     val_maps: np.ndarray | None, val_y: np.ndarray | None, *, num_classes: int,
     hidden: Sequence[int], dropout: float, lr: float, weight_decay: float, epochs: int,
     batch_size: int, class_balance: str, patience: int, seed: int, device: torch.device,
-    hflip: bool, vflip: bool, progress: Callable[[int, int], None] | None = None,
+    hflip: bool, vflip: bool, progress: Progress | None = None,
 ) -> tuple[MLPHead, TrainResult]:
     """Train `stage` (in place) and a new `MLPHead` on flattened cached maps [N, C*H*W].
 

@@ -14,7 +14,7 @@ those of the trained network), used by kNN agreement, coreset, TypiClust and the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,22 +24,23 @@ import numpy as np
 import torch
 
 from sslall._faults import fault_point
+from sslall._progress import Progress
 from sslall.config import Config
 from sslall.decide._metrics import expected_calibration_error, fit_temperature, softmax
 from sslall.decide._scores import Scores
-from sslall.model._backbones import Backbone, Classifier, EnsembleHead, MLPHead, create_backbone
+from sslall.model._backbones import Backbone, Classifier, create_backbone
 from sslall.model._devices import one_cpu_thread, resolve_device, resolve_mode
 from sslall.model._distributed import Dist, gather_rows, shard_bounds
-from sslall.model._features import FeatureCache, extract_features, mc_dropout_probs, predict
+from sslall.model._feature_cache import FeatureCache
+from sslall.model._features import extract_features, mc_dropout_probs, predict
+from sslall.model._finetune import finetune
+from sslall.model._heads import EnsembleHead, MLPHead, head_sizes
 from sslall.model._last_stage import LastStage, split_last_stage, stage_embeddings, train_last_stage
-from sslall.model._train import finetune, train_head
-from sslall.store._pools import Sample
+from sslall.model._train import train_head
+from sslall.store._records import Sample
 
 if TYPE_CHECKING:
     from sslall.store._snapshot import Snapshot
-
-Progress = Callable[[str, int, int], None]
-
 
 @dataclass
 class Calibration:
@@ -102,7 +103,7 @@ class Learner:
         if dist is not None and not dist.is_main and self.mode != "finetune":
             return _empty_scores(self)
         if self.mode != "finetune":
-            embeddings = self._embeddings(self.features, _step(progress, "score"))
+            embeddings = self._embeddings(self.features, progress, "score")
             logits = _head_logits(self.head, embeddings, self.device, cfg.train.batch_size * 8)
         else:
             classifier = Classifier(self.backbone.module, self.head, self.backbone.scales)
@@ -112,7 +113,7 @@ class Learner:
                           std=self.backbone.std, batch_size=cfg.train.batch_size,
                           device=self.device, num_workers=cfg.train.num_workers,
                           max_pixels=cfg.data.max_pixels, preprocess=cfg.preprocess,
-                          progress=_step(progress, "score"))
+                          progress=progress, step="score")
             logits, embeddings = out.logits, out.embeddings
             if dist is not None:
                 logits, embeddings = _gather_scores(dist, logits, embeddings, len(rows))
@@ -133,23 +134,22 @@ class Learner:
         cfg = self.config
         if self.mode != "finetune":
             inputs = cached_inputs(cfg, self.backbone, self.stage, samples, cache_dir=cache_dir,
-                                   device=self.device, progress=_step(progress, "test"))
-            embeddings = self._embeddings(inputs, _step(progress, "test"))
+                                   device=self.device, progress=progress, step="test")
+            embeddings = self._embeddings(inputs, progress, "test")
             return _head_logits(self.head, embeddings, self.device, cfg.train.batch_size * 8)
         model = Classifier(self.backbone.module, self.head, self.backbone.scales)
         out = predict(model, list(samples),
                       image_size=cfg.model.image_size, mean=self.backbone.mean,
                       std=self.backbone.std, batch_size=cfg.train.batch_size, device=self.device,
                       num_workers=cfg.train.num_workers, max_pixels=cfg.data.max_pixels,
-                      progress=_step(progress, "test"), preprocess=cfg.preprocess)
+                      progress=progress, step="test", preprocess=cfg.preprocess)
         return np.asarray(out.logits, dtype=np.float32)
 
-    def _embeddings(self, inputs: np.ndarray, progress: Callable[[int, int], None] | None
-                    ) -> np.ndarray:
+    def _embeddings(self, inputs: np.ndarray, progress: Progress | None, step: str) -> np.ndarray:
         """Pooled features of cached inputs: the inputs themselves in head mode."""
         if self.stage is None:
             return inputs
-        return stage_embeddings(self.stage, inputs, self.device, progress=progress)
+        return stage_embeddings(self.stage, inputs, self.device, progress=progress, step=step)
 
     def calibrate(self, scores: Scores, snapshot: Snapshot) -> Calibration:
         """Temperature scaling on the holdout; T = 1 when there is no holdout to fit it on."""
@@ -216,7 +216,7 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
     if mode != "finetune":
         features = cached_inputs(cfg, backbone, stage, [(r.id, r.path) for r in snapshot.rows],
                                  cache_dir=cache_dir, device=device, dist=dist,
-                                 progress=_step(progress, "features"))
+                                 progress=progress)
         fault_point("features-done")
         if dist is not None and not dist.is_main:
             head = MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs)
@@ -234,7 +234,7 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
         head, result = train_last_stage(
             stage, features[rows], y, w, features[holdout], y_all[holdout],
             num_classes=len(cfg.classes), lr=cfg.train.lr, hflip=cfg.augment.hflip,
-            vflip=cfg.augment.vflip, progress=_step(progress, "train"), **head_kwargs, **common)
+            vflip=cfg.augment.vflip, progress=progress, **head_kwargs, **common)
         results = [result]
     else:
         head = MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs)
@@ -244,7 +244,7 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
             classifier, [paths[i] for i in rows], y, w, [paths[i] for i in holdout],
             y_all[holdout], image_size=cfg.model.image_size, mean=backbone.mean, std=backbone.std,
             augment=cfg.augment, lr=cfg.train.finetune_lr, num_workers=cfg.train.num_workers, dist=dist,
-            max_pixels=cfg.data.max_pixels, progress=_step(progress, "train"),
+            max_pixels=cfg.data.max_pixels, progress=progress,
             preprocess=cfg.preprocess, **common,
         )
         results = [result]
@@ -258,17 +258,18 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
 
 def cached_inputs(config: Config, backbone: Backbone, stage: LastStage | None,
                   samples: Sequence[tuple[str, str]], *, cache_dir: Path, device: torch.device,
-                  dist: Dist | None = None, progress: Callable[[int, int], None] | None = None
+                  dist: Dist | None = None, progress: Progress | None = None, step: str = "features"
                   ) -> np.ndarray:
     """[N, D] float32 inputs of `samples` through the feature cache: the pooled features (head
-    mode, `stage` None) or the flattened maps before the last stage (last-stage mode)."""
+    mode, `stage` None) or the flattened maps before the last stage (last-stage mode);
+    `progress` is reported under `step`."""
     cfg = config
     if stage is not None:
         stage.set_input_size(cfg.model.image_size)
     return extract_features(
         backbone, samples, image_size=cfg.model.image_size, cache=FeatureCache(cache_dir / "features"),
         batch_size=cfg.train.batch_size, device=device, dist=dist, num_workers=cfg.train.num_workers,
-        max_pixels=cfg.data.max_pixels, progress=progress, preprocess=cfg.preprocess,
+        max_pixels=cfg.data.max_pixels, progress=progress, step=step, preprocess=cfg.preprocess,
         forward=stage.frozen_maps if stage is not None else None,
         kind="maps-before-last-stage" if stage is not None else "",
     )
@@ -291,7 +292,7 @@ def _gather_scores(dist: Dist, logits: np.ndarray, embeddings: np.ndarray, n: in
 
 def _empty_scores(learner: Learner) -> Scores:
     """What ranks other than 0 get back from scoring: nothing (rank 0 has every row)."""
-    return Scores(np.zeros((0, head_out_features(learner.head)), np.float32),
+    return Scores(np.zeros((0, head_sizes(learner.head)[1]), np.float32),
                   np.zeros((0, learner.backbone.num_features), np.float32))
 
 
@@ -303,14 +304,4 @@ def _head_logits(head: MLPHead, features: np.ndarray, device: torch.device, batc
         for start in range(0, len(features), batch):
             chunk = torch.as_tensor(np.asarray(features[start:start + batch]), device=device)
             out.append(head(chunk.float()).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, head_out_features(head)), np.float32)
-
-
-def head_out_features(head: MLPHead) -> int:
-    return [m for m in head.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
-
-
-def _step(progress: Progress | None, name: str) -> Callable[[int, int], None] | None:
-    if progress is None:
-        return None
-    return lambda done, total: progress(name, done, total)
+    return np.concatenate(out) if out else np.zeros((0, head_sizes(head)[1]), np.float32)

@@ -1,13 +1,12 @@
-"""The trainers: an MLP head on cached features (`train_head`) and end to end (`finetune`).
+"""Training on rows in memory: an MLP head on cached features (`train_head`) and its epoch loop
+for any model (`fit_rows`, which last-stage mode in `sslall.model._last_stage` trains through
+too), with the pieces end-to-end training (`sslall.model._finetune`) shares. Device, mode and
+RNG helpers are in `sslall.model._devices`.
 
-`fit_rows` is `train_head`'s epoch loop for any model on in-memory rows; last-stage mode
-(`sslall.model._last_stage`) trains through it too. Device, mode and RNG helpers are in
-`sslall.model._devices`.
-
-Both take per-sample weights (1 for a human label, the confidence or a constant factor for a
-pseudo label, `hard_weight` for a hard example the last round routed back), balance classes by
-a seeded `WeightedRandomSampler` or by class weights in the loss, and stop early on the
-validation (holdout) macro-F1, keeping the best epoch's weights (the earlier epoch on a tie).
+Every trainer takes per-sample weights (1 for a human label, the confidence or a constant factor
+for a pseudo label, `hard_weight` for a hard example the last round routed back), balances
+classes by a seeded `WeightedRandomSampler` or by class weights in the loss, and stops early on
+the validation (holdout) macro-F1, keeping the best epoch's weights (the earlier epoch on a tie).
 Samples of weight 0 are dropped before training, so they cannot influence it at all.
 
 The loss is sum(w_i * CE_i) / batch size with the weights scaled to mean 1 over the training
@@ -24,33 +23,24 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import f1_score
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, WeightedRandomSampler
 
-from sslall.data._datasets import ImageDataset, eval_transform, make_loader, train_transform
+from sslall._progress import Progress
 from sslall.errors import ModelError
-from sslall.model._backbones import Classifier, MLPHead
 from sslall.model._devices import one_cpu_thread, seeded
-from sslall.model._distributed import DealtSampler, Dist, broadcast
+from sslall.model._heads import MLPHead
 
-if TYPE_CHECKING:
-    from sslall.config import AugmentConfig, PreprocessConfig
-
-__all__ = ["CLASS_BALANCE", "TrainResult", "TrainSet", "finetune", "fit_rows", "param_groups", "prepare_rows",
-           "train_head"]
+__all__ = ["CLASS_BALANCE", "BestEpoch", "TrainResult", "TrainSet", "finite_loss", "fit_rows", "loss_weights",
+           "param_groups", "prepare_rows", "sampler_weights", "train_head", "val_scores"]
 
 log = logging.getLogger(__name__)
 
 CLASS_BALANCE = ("sampler", "loss", "none")
-BACKBONE_LR_FACTOR = 0.1  # finetune: the pretrained backbone moves 10x slower than the new head
-Progress = Callable[[int, int], None]
 # A head epoch draws at least this many rows (repeating a small training set), so that 70
 # labeled cells get enough optimizer steps between two early-stopping checks; with one pass
 # per epoch the best holdout score was picked from an undertrained head (see BENCHMARKS.md).
@@ -100,7 +90,7 @@ def train_head(
 
     With validation rows, stops after `patience` epochs without a better val macro-F1
     (`patience` < 1: never early) and keeps the best epoch; without, keeps the last epoch.
-    `progress(epoch, epochs)` after each epoch.
+    `progress("train", epoch, epochs)` after each epoch.
 
     Raises:
         ValueError: inconsistent shapes, labels outside 0..num_classes-1, negative weights,
@@ -140,10 +130,10 @@ def fit_rows(
     optimizer = torch.optim.AdamW(groups)
     xt = torch.as_tensor(x, device=device)
     yt = torch.as_tensor(y, device=device)
-    wt = torch.as_tensor(_loss_weights(y, w, num_classes, class_balance), device=device)
+    wt = torch.as_tensor(loss_weights(y, w, num_classes, class_balance), device=device)
     generator = torch.Generator().manual_seed(seed)
-    draw = torch.as_tensor(_sampler_weights(y, num_classes)) if class_balance == "sampler" else None
-    best = _Best(patience)
+    draw = torch.as_tensor(sampler_weights(y, num_classes)) if class_balance == "sampler" else None
+    best = BestEpoch(patience)
     for epoch in range(1, epochs + 1):
         model.train()
         draws = max(len(y), epoch_rows or MIN_EPOCH_ROWS)  # read at call time: benchmarks vary it
@@ -161,10 +151,10 @@ def fit_rows(
             optimizer.step()
             total += float(loss.detach()) * len(idx)
         f1, nll = _head_scores(model, val_x, val_y, device, score_batch) if has_val else (None, None)
-        best.history.append({"epoch": epoch, "train_loss": _finite(total / len(order), epoch, lr),
+        best.history.append({"epoch": epoch, "train_loss": finite_loss(total / len(order), epoch, lr),
                              "val_macro_f1": f1, "val_loss": nll})
         if progress is not None:
-            progress(epoch, epochs)
+            progress("train", epoch, epochs)
         if has_val and best.update(epoch, f1, nll, model):
             break
     if not has_val:
@@ -173,125 +163,10 @@ def fit_rows(
     return TrainResult(best.state, best.epoch, best.history, time.perf_counter() - started)
 
 
-def finetune(
-    classifier: Classifier, train_paths: Sequence[str], train_y: np.ndarray, train_w: np.ndarray,
-    val_paths: Sequence[str] = (), val_y: np.ndarray | None = None, *,
-    image_size: int, mean: Sequence[float], std: Sequence[float], augment: AugmentConfig,
-    dist: Dist | None = None,
-    epochs: int = 30, batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 1e-4,
-    class_balance: str = "sampler", patience: int = 5, seed: int = 0, device: torch.device | str = "cpu",
-    num_workers: int = 0, max_pixels: int = 50_000_000, progress: Progress | None = None,
-    preprocess: PreprocessConfig | None = None,
-) -> TrainResult:
-    """Train `classifier` end to end on images with augmentation; it is left holding the kept
-    weights, in eval mode, on `device`.
-
-    AdamW (backbone at lr * 0.1, head at lr; no weight decay on biases and norms), cosine
-    schedule per step, and on CUDA only: channels_last and autocast (bf16 when supported, else
-    fp16 with a GradScaler). Early stopping as in `train_head`; `progress(step, total_steps)`.
-
-    Under torchrun (`dist`), every rank calls this: DistributedDataParallel on `dist.device`;
-    `batch_size` stays the global batch (each rank takes batch_size / world); the class-balanced
-    draw is the single-process draw dealt out round-robin (so a global batch holds the same rows
-    as in one process) and the unbalanced shuffle is a `DistributedSampler`. Augmentation and
-    dropout are seeded per rank (seed + rank). Rank 0 scores the holdout and sends (F1, loss) to
-    all, so every rank stops at the same epoch. BatchNorm statistics are per rank (local batch;
-    DDP copies rank 0's buffers to the others): results differ from one process by that much.
-
-    Raises:
-        ValueError, ModelError: as `train_head`; UnreadableImage if an image cannot be decoded.
-    """
-    num_classes = _n_classes(classifier)
-    rows = np.arange(len(train_paths), dtype=np.float64)[:, None]  # prepare_rows drops weight-0 rows
-    kept, y, w = prepare_rows(rows, train_y, train_w, num_classes, class_balance, epochs, batch_size)
-    paths = [str(train_paths[int(i)]) for i in kept[:, 0]]
-    has_val = val_y is not None and len(val_y) > 0
-    device = torch.device(device) if dist is None else dist.device
-    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
-    cuda = device.type == "cuda"
-    amp = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else None
-    started = time.perf_counter()
-    with seeded(seed + rank, device):
-        classifier.to(device)
-        if cuda:
-            classifier.to(memory_format=torch.channels_last)
-        dataset = ImageDataset(paths, train_transform(image_size, mean, std, augment, preprocess),
-                               max_pixels=max_pixels)
-        sampler: Sampler | None = None
-        if class_balance == "sampler":
-            sampler = WeightedRandomSampler(_sampler_weights(y, num_classes).tolist(), len(y),
-                                            generator=torch.Generator().manual_seed(seed))
-            if world > 1:
-                sampler = DealtSampler(sampler, rank, world)
-        elif world > 1:
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
-        local_batch, local_rows = max(1, batch_size // world), -(-len(y) // world)
-        loader = make_loader(dataset, batch_size=local_batch, shuffle=sampler is None, sampler=sampler,
-                             num_workers=num_workers, seed=seed + rank,  # no BatchNorm on 1 row:
-                             drop_last=local_rows > local_batch and local_rows % local_batch == 1)
-        model: nn.Module = classifier
-        if world > 1:
-            model = DistributedDataParallel(classifier, device_ids=[device.index] if cuda else None)
-        val_loader = None
-        if has_val and rank == 0:
-            val_set = ImageDataset([str(p) for p in val_paths],
-                                   eval_transform(image_size, mean, std, preprocess),
-                                   max_pixels=max_pixels)
-            val_loader = make_loader(val_set, batch_size=batch_size, num_workers=num_workers)
-        yt = torch.as_tensor(y)
-        wt = torch.as_tensor(_loss_weights(y, w, num_classes, class_balance))
-        head_ids = {id(p) for p in classifier.head.parameters()}
-        groups = [*param_groups(classifier.backbone, lr * BACKBONE_LR_FACTOR, weight_decay, skip=head_ids),
-                  *param_groups(classifier.head, lr, weight_decay)]
-        optimizer = torch.optim.AdamW(groups)
-        total_steps = max(1, epochs * len(loader))
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-        scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-        autocast = (lambda: torch.autocast("cuda", dtype=amp)) if amp is not None else nullcontext
-        best, step = _Best(patience), 0
-        for epoch in range(1, epochs + 1):
-            model.train()
-            if isinstance(sampler, DistributedSampler):
-                sampler.set_epoch(epoch)
-            total, seen = 0.0, 0
-            for x, idx in loader:
-                x = x.to(device, non_blocking=True)
-                if cuda:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast():
-                    logits = model(x)
-                ce = F.cross_entropy(logits.float(), yt[idx].to(device), reduction="none")
-                loss = (ce * wt[idx].to(device)).mean()
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                schedule.step()
-                total, seen, step = total + float(loss.detach()) * len(idx), seen + len(idx), step + 1
-                if progress is not None:
-                    progress(step, total_steps)
-            f1, nll = (_loader_scores(classifier, val_loader, val_y, device, autocast)
-                       if val_loader else (None, None))
-            if world > 1 and has_val:
-                f1, nll = broadcast(dist, (f1, nll))  # one stopping decision for every rank
-            best.history.append({"epoch": epoch, "train_loss": _finite(total / max(seen, 1), epoch, lr),
-                                 "val_macro_f1": f1, "val_loss": nll})
-            if has_val and best.update(epoch, f1, nll, classifier):
-                break
-    if has_val:
-        classifier.load_state_dict(best.state)
-    else:
-        best.keep(len(best.history), classifier)
-    if cuda:
-        classifier.to(memory_format=torch.contiguous_format)
-    classifier.eval()
-    return TrainResult(best.state, best.epoch, best.history, time.perf_counter() - started)
+# --- what `finetune` shares -------------------------------------------------------------
 
 
-# --- implementation ---------------------------------------------------------------------
-
-
-class _Best:
+class BestEpoch:
     """Early stopping on validation macro-F1; a tie goes to the lower validation loss.
 
     A holdout of a few dozen cells gives the same F1 to many epochs; without the loss as
@@ -343,7 +218,7 @@ def prepare_rows(
     return x[keep], y[keep], w[keep]
 
 
-def _loss_weights(y: np.ndarray, w: np.ndarray, num_classes: int, class_balance: str) -> np.ndarray:
+def loss_weights(y: np.ndarray, w: np.ndarray, num_classes: int, class_balance: str) -> np.ndarray:
     """Per-sample loss weights, times balanced class weights for `loss`, scaled to mean 1."""
     weight = w.astype(np.float64)
     if class_balance == "loss":
@@ -353,7 +228,7 @@ def _loss_weights(y: np.ndarray, w: np.ndarray, num_classes: int, class_balance:
     return (weight / weight.mean()).astype(np.float32)
 
 
-def _sampler_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
+def sampler_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
     """Draw probabilities that give every present class the same expected share of a batch."""
     counts = np.bincount(y, minlength=num_classes).astype(np.float64)
     return 1.0 / counts[y]
@@ -371,23 +246,27 @@ def param_groups(params: nn.Module | Iterable[nn.Parameter], lr: float, weight_d
     return [g for g in groups if g["params"]]
 
 
-def _finite(loss: float, epoch: int, lr: float) -> float:
+def finite_loss(loss: float, epoch: int, lr: float) -> float:
+    """`loss` as a float; a NaN or infinite loss means training diverged (ModelError)."""
     if not math.isfinite(loss):
         raise ModelError(f"training diverged: the loss is {loss} at epoch {epoch}; lower the learning "
                          f"rate (now {lr:g}) or check the inputs")
     return float(loss)
 
 
-def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    y_true = np.asarray(y_true, dtype=np.int64)
-    return float(f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0))
-
-
-def _val_scores(logits: torch.Tensor, val_y: np.ndarray) -> tuple[float, float]:
+def val_scores(logits: torch.Tensor, val_y: np.ndarray) -> tuple[float, float]:
     """(macro-F1, mean cross-entropy) of validation logits."""
     y = torch.as_tensor(np.asarray(val_y, dtype=np.int64))
     nll = float(F.cross_entropy(logits.float(), y))
     return _macro_f1(val_y, logits.argmax(1).numpy()), nll
+
+
+# --- implementation ---------------------------------------------------------------------
+
+
+def _macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    y_true = np.asarray(y_true, dtype=np.int64)
+    return float(f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0))
 
 
 def _head_scores(head: nn.Module, val_x: np.ndarray, val_y: np.ndarray, device: torch.device,
@@ -399,27 +278,4 @@ def _head_scores(head: nn.Module, val_x: np.ndarray, val_y: np.ndarray, device: 
             chunk = torch.as_tensor(np.asarray(val_x[start : start + chunk_rows], dtype=np.float32),
                                     device=device)
             logits.append(head(chunk).float().cpu())
-    return _val_scores(torch.cat(logits), val_y)
-
-
-def _loader_scores(model: nn.Module, loader: DataLoader, val_y: np.ndarray, device: torch.device,
-                   autocast: Callable[[], object]) -> tuple[float, float]:
-    model.eval()
-    logits: torch.Tensor | None = None
-    with torch.inference_mode():
-        for x, idx in loader:
-            x = x.to(device, non_blocking=True)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                out = model(x).float().cpu()
-            if logits is None:
-                logits = torch.zeros(len(val_y), out.shape[1])
-            logits[idx] = out
-    assert logits is not None  # a validation loader is only made for a non-empty holdout
-    return _val_scores(logits, val_y)
-
-
-def _n_classes(classifier: Classifier) -> int:
-    return int([m for m in classifier.head.modules() if isinstance(m, nn.Linear)][-1].out_features)
-
+    return val_scores(torch.cat(logits), val_y)

@@ -14,24 +14,24 @@ import csv
 import html
 import io
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from sslall._progress import Progress
 from sslall.config import Config
 from sslall.data._images import UnreadableImage, load_rgb
 from sslall.report import _figures as fig
 from sslall.report._data import MAX_POINTS, read_embeddings, read_reliability
-from sslall.store._pools import POOLS, PoolStore, utc_now
+from sslall.store._pools import PoolStore
+from sslall.store._records import POOLS, utc_now
 from sslall.workspace import Workspace
 
 __all__ = ["build_report", "write_report"]
 
 THUMB = 72
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -56,7 +56,7 @@ def write_report(ws: Workspace, config: Config, out: Path, *, tsne_max: int = MA
 def build_report(ws: Workspace, config: Config, *, tsne_max: int = MAX_POINTS,
                  per_class: int = 6, progress: Progress | None = None) -> str:
     """The report's HTML (see the module docstring)."""
-    say = progress or (lambda _msg: None)
+    say = progress or (lambda *_: None)
     classes = list(config.classes)
     with PoolStore(ws.db_path) as store:
         rounds = store.rounds()
@@ -69,7 +69,7 @@ def build_report(ws: Workspace, config: Config, *, tsne_max: int = MAX_POINTS,
         "rounds": str(len(rounds)), "latest round": str(run_dir or "none"),
         "report written": utc_now()}))]
 
-    say("metrics per round")
+    say("metrics per round", 0, 4)
     if rounds:
         nums = [r["round"] for r in rounds]
         metric = {k: [(r.get("metrics") or {}).get(k) for r in rounds]
@@ -91,7 +91,7 @@ def build_report(ws: Workspace, config: Config, *, tsne_max: int = MAX_POINTS,
         parts.append(_section("Rounds", _note("no round has finished yet: `sslall round`")))
 
     if run_dir is not None:
-        say("reliability and confidences")
+        say("reliability and confidences", 1, 4)
         rel = read_reliability(run_dir)
         if rel and "before" in rel:
             body = _img(fig.reliability(rel["before"], rel["after"]), "reliability diagram")
@@ -109,7 +109,7 @@ def build_report(ws: Workspace, config: Config, *, tsne_max: int = MAX_POINTS,
                               _img(fig.confidence_histograms(
                                   {k: np.asarray(v) for k, v in per_pool.items()}),
                                   "confidence histograms")))
-        say("embedding maps")
+        say("embedding maps", 2, 4)
         parts.append(_section("Embeddings (2-D maps)", _embedding_section(
             run_dir, preds, classes, tsne_max, latest["round"])))
     parts.append(_section("Class distribution", _img(fig.class_distribution(
@@ -118,7 +118,7 @@ def build_report(ws: Workspace, config: Config, *, tsne_max: int = MAX_POINTS,
             [p, *(counts[p].get(c, 0) for c in classes),
              sum(v for k, v in counts[p].items() if k not in classes)] for p in POOLS])))
     if run_dir is not None:
-        say("thumbnails")
+        say("thumbnails", 3, 4)
         parts.append(_section("Most and least confident cells per predicted class",
                               _thumbnails(preds, classes, per_class, config.data.max_pixels)))
     parts.append(_section(f"Duplicates found at import ({len(duplicates)})", _table(

@@ -15,7 +15,7 @@ import numpy as np
 
 from sslall._faults import fault_point
 from sslall._fsutil import fsync_dir, write_atomic
-from sslall.store._pools import Move
+from sslall.store._records import Move
 
 if TYPE_CHECKING:
     from sslall.model._learner import Learner

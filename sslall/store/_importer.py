@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from hashlib import sha256
@@ -22,10 +22,12 @@ from itertools import islice
 from pathlib import Path
 
 from sslall._fsutil import sha256_file
+from sslall._progress import Progress
 from sslall.data._images import IMAGE_SUFFIXES, UnreadableImage, inspect_image
 from sslall.errors import InputError, NotFoundError, UsageError
 from sslall.store._holdout import HoldoutPlanner
-from sslall.store._pools import NewSample, PoolStore
+from sslall.store._pools import PoolStore
+from sslall.store._records import Move, NewSample
 
 IMPORT_POOLS = ("labeled", "unlabeled", "holdout")
 WINDOW = 1024
@@ -203,7 +205,7 @@ def _examined(entries: Iterable[Entry], max_pixels: int,
 def import_source(
     store: PoolStore, source: Path, pool: str, classes: Sequence[str], *,
     max_pixels: int, holdout_fraction: float = 0.0, seed: int = 0, workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None, step: str = "import",
 ) -> ImportReport:
     """Import every file of `source` into `pool`; see the module docstring.
 
@@ -214,22 +216,23 @@ def import_source(
     if pool in IMPORT_POOLS and source.is_dir() and not holdout_fraction:
         total = sum(1 for _ in _walk_folder(source, pool, classes))
         return import_entries(store, _walk_folder(source, pool, classes), pool,
-                              max_pixels=max_pixels, workers=workers, progress=progress, total=total)
+                              max_pixels=max_pixels, workers=workers, progress=progress, step=step,
+                              total=total)
     entries = list_source(source, pool, classes)
     return import_entries(store, entries, pool, max_pixels=max_pixels,
                           holdout_fraction=holdout_fraction, seed=seed, workers=workers,
-                          progress=progress)
+                          progress=progress, step=step)
 
 
 def import_entries(
     store: PoolStore, entries: Iterable[Entry], pool: str, *, max_pixels: int,
     holdout_fraction: float = 0.0, seed: int = 0, workers: int | None = None,
-    progress: Callable[[int, int], None] | None = None, total: int | None = None,
+    progress: Progress | None = None, step: str = "import", total: int | None = None,
 ) -> ImportReport:
     """Import already-validated entries (labels known to be classes) into `pool`.
 
     `entries` may be a one-pass iterator when `total` (its length, for progress) is given and
-    no holdout is carved.
+    no holdout is carved. `progress(step, done, total)` after each file.
     """
     if holdout_fraction and pool != "labeled":
         raise UsageError("--holdout-fraction only applies when adding to the labeled pool")
@@ -258,7 +261,7 @@ def import_entries(
             _flush(store, batch, batch_ids, report)
         done += 1
         if progress:
-            progress(done, total)
+            progress(step, done, total)
     _flush(store, batch, batch_ids, report)
     return report
 
@@ -286,8 +289,6 @@ def _reconcile(store: PoolStore, report: ImportReport, entry: Entry, sid: str, t
             )
             store.record_conflict(entry.path, sid, entry.label, existing.label)
         return None
-    from sslall.store._pools import Move  # local: only promotions need it
-
     store.apply_moves(
         [Move(sid, target, from_pool=existing.pool, label=entry.label, label_source="import",
               reason="labelled at import")], round_no=store.last_round(), actor="import",

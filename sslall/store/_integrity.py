@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from sslall._fsutil import sha256_file
-from sslall.store._pools import LABELED_POOLS, POOLS, PoolStore
+from sslall._progress import Progress
+from sslall.store._pools import PoolStore
+from sslall.store._records import LABELED_POOLS, POOLS
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,13 @@ def check_replay(store: PoolStore) -> Iterator[Violation]:
         yield Violation("orphan-event", sid, "has events but no sample row")
 
 
-def check_files(
-    store: PoolStore, progress: Callable[[int], None] | None = None
-) -> Iterator[Violation]:
-    """Invariant 3: each file outside quarantine exists with the same bytes."""
-    for sample in store.samples([p for p in POOLS if p != "quarantine"]):
+def check_files(store: PoolStore, progress: Progress | None = None) -> Iterator[Violation]:
+    """Invariant 3: each file outside quarantine exists with the same bytes;
+    `progress("check files", done, total)` after each file."""
+    pools = [p for p in POOLS if p != "quarantine"]
+    sizes = store.pool_sizes()
+    total = sum(sizes[p] for p in pools)
+    for done, sample in enumerate(store.samples(pools), 1):
         try:
             digest = sha256_file(sample.path)
         except FileNotFoundError:
@@ -83,12 +87,12 @@ def check_files(
             if digest != sample.id:
                 yield Violation("changed-file", sample.id, f"{sample.path} changed since import")
         if progress:
-            progress(1)
+            progress("check files", done, total)
 
 
 def check_store(
     store: PoolStore, classes: Sequence[str], *, files: bool = True,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[Violation]:
     """All invariants; an empty list means the store is sound."""
     found = [*check_rows(store, classes), *check_replay(store)]

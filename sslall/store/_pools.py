@@ -4,7 +4,8 @@ One SQLite file (WAL mode, so readers such as `sslall status` answer while a rou
 A sample's id is the sha256 of its bytes. Every change of pool or label goes through
 `PoolStore.apply_moves`, which writes the rows and their events in one transaction: a process
 killed at any point leaves the store as it was before the call or after it, never between.
-This module knows nothing of torch.
+The rows it reads and the moves it takes are in `sslall.store._records`, its tables in
+`sslall.store._schema`. This module knows nothing of torch.
 """
 
 from __future__ import annotations
@@ -12,148 +13,25 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from sslall.errors import IntegrityError, SslallError, UsageError
+from sslall.store._records import (
+    HUMAN_SOURCES,
+    LABELED_POOLS,
+    MACHINE,
+    POOLS,
+    Move,
+    NewSample,
+    RoundRecord,
+    Sample,
+    utc_now,
+)
+from sslall.store._schema import ensure_schema
 
-SCHEMA_VERSION = 1
-POOLS = ("labeled", "unlabeled", "pseudo", "review", "holdout", "quarantine")
-LABELED_POOLS = ("labeled", "pseudo", "holdout")
-SCORED_POOLS = ("labeled", "pseudo", "unlabeled", "review", "holdout")
-HUMAN_SOURCES = ("import", "review", "labelstudio", "oracle")
-MACHINE = "machine"
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS samples (
-    id TEXT PRIMARY KEY,
-    path TEXT NOT NULL,
-    pool TEXT NOT NULL CHECK (pool IN ({", ".join(repr(p) for p in POOLS)})),
-    label TEXT,
-    label_source TEXT,
-    confidence REAL,
-    prediction TEXT,
-    weight REAL NOT NULL DEFAULT 1.0,
-    patient TEXT,
-    round INTEGER NOT NULL DEFAULT 0,
-    reason TEXT,
-    added_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS samples_pool_label ON samples (pool, label);
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    time TEXT NOT NULL,
-    round INTEGER NOT NULL,
-    sample_id TEXT NOT NULL,
-    from_pool TEXT,
-    to_pool TEXT NOT NULL,
-    label TEXT,
-    confidence REAL,
-    reason TEXT,
-    actor TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_sample ON events (sample_id, seq);
-CREATE TABLE IF NOT EXISTS aliases (
-    path TEXT PRIMARY KEY,
-    sample_id TEXT NOT NULL,
-    label TEXT,
-    added_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS conflicts (
-    path TEXT NOT NULL,
-    sample_id TEXT NOT NULL,
-    label TEXT,
-    existing_label TEXT,
-    time TEXT NOT NULL,
-    PRIMARY KEY (path, sample_id, label)
-);
-CREATE TABLE IF NOT EXISTS rounds (
-    round INTEGER PRIMARY KEY,
-    started_at TEXT NOT NULL,
-    finished_at TEXT NOT NULL,
-    summary TEXT NOT NULL
-);
-"""
-
-# Tables added after schema version 1 without a version bump: every open runs their
-# `CREATE TABLE IF NOT EXISTS`, so an older store gains them. One row per sample sent to Label
-# Studio, keyed on our sample id (Label Studio neither deduplicates nor keeps task ids unique).
-_ADDED_TABLES = """
-CREATE TABLE IF NOT EXISTS labelstudio_tasks (
-    sample_id TEXT PRIMARY KEY,
-    project_id INTEGER NOT NULL,
-    task_id INTEGER,
-    visit INTEGER NOT NULL DEFAULT 1,
-    round INTEGER,
-    pushed_at TEXT NOT NULL,
-    resolved_at TEXT,
-    outcome TEXT
-);
-"""
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One row of the store."""
-
-    id: str
-    path: str
-    pool: str
-    label: str | None
-    label_source: str | None
-    confidence: float | None
-    prediction: str | None
-    weight: float
-    patient: str | None
-    round: int
-    reason: str | None
-    added_at: str
-    updated_at: str
-
+__all__ = ["PoolStore"]
 
 _SAMPLE_COLUMNS = ", ".join(Sample.__dataclass_fields__)
-
-
-@dataclass(frozen=True)
-class NewSample:
-    """A sample about to enter the store (from an import)."""
-
-    id: str
-    path: str
-    pool: str
-    label: str | None = None
-    patient: str | None = None
-    reason: str | None = None
-
-
-@dataclass(frozen=True)
-class Move:
-    """A change of pool and/or label for one sample; `from_pool` guards against stale moves."""
-
-    sample_id: str
-    to_pool: str
-    from_pool: str | None = None
-    label: str | None = None
-    label_source: str | None = None
-    confidence: float | None = None
-    prediction: str | None = None
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class RoundRecord:
-    """What a finished round stores about itself (the summary is JSON)."""
-
-    round: int
-    started_at: str
-    summary: dict = field(default_factory=dict)
 
 
 class PoolStore:
@@ -170,30 +48,7 @@ class PoolStore:
             raise SslallError(f"cannot open the pool store {path}: {exc}") from None
         self.conn.execute("PRAGMA synchronous=FULL")
         self.conn.execute("PRAGMA foreign_keys=ON")
-        if create:
-            self.conn.executescript(_SCHEMA)
-            self.conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-        version = self.conn.execute(
-            "SELECT value FROM meta WHERE key = 'schema_version'"
-        ).fetchone()
-        if version is None or int(version[0]) != SCHEMA_VERSION:
-            raise IntegrityError(
-                f"pool store {path} has schema version {version and version[0]}, "
-                f"this sslall reads version {SCHEMA_VERSION}"
-            )
-        self._add_tables()
-
-    def _add_tables(self) -> None:
-        """Create the tables added since version 1 (a no-op, and no write, once they exist)."""
-        have = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "labelstudio_tasks" not in have:
-            try:
-                self.conn.executescript(_ADDED_TABLES)
-            except sqlite3.OperationalError:  # a read-only store still answers reads
-                pass
+        ensure_schema(self.conn, self.path, create=create)
 
     def close(self) -> None:
         self.conn.close()

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sslall.errors import InputError, NotFoundError
-from sslall.store._pools import Move, PoolStore, Sample
+from sslall.store._pools import PoolStore
+from sslall.store._records import Move, Sample
 
 EXPORT_COLUMNS = ("sample_id", "path", "prediction", "confidence", "label")
 SKIP = "skip"

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sslall.store._pools import SCORED_POOLS, Move, PoolStore, Sample
+from sslall.store._pools import PoolStore
+from sslall.store._records import SCORED_POOLS, Move, Sample
 
 
 @dataclass

@@ -17,7 +17,8 @@ from sslall.data._datasets import eval_transform, transform_key
 from sslall.data._synthetic import render_cell
 from sslall.errors import ConfigError
 from sslall.model._backbones import BASELINE_CNN, create_backbone
-from sslall.model._features import FeatureCache, extract_features
+from sslall.model._feature_cache import FeatureCache
+from sslall.model._features import extract_features
 from sslall.model._inference import checkpoint_preprocess
 
 

@@ -5,7 +5,7 @@ import numpy as np
 from sslall.config import Config, with_overrides
 from sslall.decide._route import decide_pseudo_labels, decide_routing
 from sslall.decide._scores import Scores
-from sslall.store._pools import Sample
+from sslall.store._records import Sample
 from sslall.store._snapshot import Snapshot
 
 CLASSES = ("A", "B")

@@ -10,7 +10,8 @@ from conftest import CLASSES, Server, write_image
 from sslall._fsutil import sha256_file
 from sslall.config import Config, LabelStudioConfig, load_config
 from sslall.labelstudio import _records as records
-from sslall.store._pools import Move, NewSample, PoolStore
+from sslall.store._pools import PoolStore
+from sslall.store._records import Move, NewSample
 from sslall.workspace import create_workspace
 
 

@@ -63,8 +63,9 @@ def test_inside_a_round_a_dead_server_or_bad_key_is_one_warning_line(ls: Server,
                                                                     ) -> None:
     from dataclasses import replace
 
+    from sslall.labelstudio._pull import pull_if_configured
+    from sslall.labelstudio._push import push_if_configured
     from sslall.labelstudio._server import free_port
-    from sslall.labelstudio._sync import pull_if_configured, push_if_configured
     from sslall.workspace import Workspace
 
     root, _ = review_ws(tmp_path, ls, n=3)

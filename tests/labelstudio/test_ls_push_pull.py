@@ -15,7 +15,8 @@ from ls_review import assert_store_ok, pools, review_ws, server_tasks, task_ids
 from sslall._fsutil import sha256_file
 from sslall.config import load_config
 from sslall.labelstudio._client import choice_result, config_choices
-from sslall.store._pools import Move, NewSample, PoolStore
+from sslall.store._pools import PoolStore
+from sslall.store._records import Move, NewSample
 
 pytestmark = pytest.mark.labelstudio
 

@@ -12,7 +12,8 @@ from conftest import Server, invoke, write_image
 from ls_review import review_ws, server_tasks
 
 from sslall._fsutil import sha256_file
-from sslall.store._pools import Move, NewSample, PoolStore
+from sslall.store._pools import PoolStore
+from sslall.store._records import Move, NewSample
 
 pytestmark = pytest.mark.labelstudio
 

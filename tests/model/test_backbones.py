@@ -18,14 +18,18 @@ from sslall.model import _checkpoints as checkpoints
 from sslall.model._backbones import (
     BASELINE_CNN,
     Classifier,
-    EnsembleHead,
-    MLPHead,
     build_classifier_from_checkpoint,
     create_backbone,
+)
+from sslall.model._checkpoints import (
+    LITE0,
+    LITE0_WEIGHTS_ID,
+    lite0_imagenet_state_dict,
+    lite0_package_file,
     load_checkpoint,
     save_checkpoint,
 )
-from sslall.model._checkpoints import LITE0, LITE0_WEIGHTS_ID, lite0_imagenet_state_dict, lite0_package_file
+from sslall.model._heads import EnsembleHead, MLPHead
 
 META = {
     "classes": ["blast", "lymphocyte", "neutrophil"],
@@ -187,7 +191,7 @@ def test_offline_flag_refuses_hub_without_probing(monkeypatch: pytest.MonkeyPatc
     hub_constants = pytest.importorskip("huggingface_hub.constants")
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("SSLALL_OFFLINE", "1")
-    monkeypatch.setattr("sslall.model._backbones._probe",
+    monkeypatch.setattr("sslall.model._hub_weights._probe",
                         lambda host, port: pytest.fail("probed the network"))
     with pytest.raises(ModelError, match="offline mode is on"):
         create_backbone("resnet18", pretrained=True)

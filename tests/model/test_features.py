@@ -12,8 +12,10 @@ from sslall.data._datasets import eval_transform, transform_key
 from sslall.data._images import load_rgb
 from sslall.errors import ModelError
 from sslall.model import _features as score
-from sslall.model._backbones import BASELINE_CNN, Classifier, MLPHead, create_backbone
-from sslall.model._features import FeatureCache, extract_features, mc_dropout_probs, predict
+from sslall.model._backbones import BASELINE_CNN, Backbone, Classifier, create_backbone
+from sslall.model._feature_cache import FeatureCache
+from sslall.model._features import extract_features, mc_dropout_probs, predict
+from sslall.model._heads import MLPHead
 
 KEY = ("arch/d8", "random-1234", "eval-v1/size=32")
 
@@ -127,7 +129,8 @@ def test_extract_features_computes_each_feature_once(tmp_path, backbone):
     calls = []
     first = extract_features(backbone, samples + samples[:2], image_size=32,
                              cache=FeatureCache(tmp_path / "cache"), batch_size=3,
-                             progress=lambda d, t: calls.append((d, t)))
+                             progress=lambda step, d, t: calls.append((d, t)) if step == "features"
+                             else pytest.fail(step))
     assert sum(seen) == 7  # duplicates are computed once
     assert first.shape == (9, backbone.num_features) and first.dtype == np.float32
     np.testing.assert_array_equal(first[7:], first[:2])
@@ -154,7 +157,7 @@ def test_killed_extraction_keeps_what_was_flushed(tmp_path, backbone):
     samples = _images(tmp_path / "img", 8)
     cache_dir = tmp_path / "cache"
 
-    def die(done, total):
+    def die(step, done, total):
         if done >= 6:
             raise KeyboardInterrupt
 
@@ -191,7 +194,7 @@ def test_extract_features_rejects_non_finite_features(tmp_path):
         def forward(self, x):
             return torch.full((x.shape[0], 4), float("nan"))
 
-    bb = score.Backbone(Broken(), 4, (0.5,) * 3, (0.5,) * 3, 32, "broken")
+    bb = Backbone(Broken(), 4, (0.5,) * 3, (0.5,) * 3, 32, "broken")
     with pytest.raises(ModelError, match="non-finite"):
         extract_features(bb, _images(tmp_path / "img", 2), image_size=32, cache=FeatureCache(tmp_path / "c"))
     key = transform_key(32, bb.mean, bb.std)

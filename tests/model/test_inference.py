@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 
 from sslall.errors import InputError
-from sslall.model._backbones import BASELINE_CNN, Classifier, MLPHead, create_backbone
+from sslall.model._backbones import BASELINE_CNN, Classifier, create_backbone
 from sslall.model._checkpoints import save_checkpoint
+from sslall.model._heads import MLPHead
 from sslall.model._inference import Predictor
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,9 +10,11 @@ from PIL import Image
 from sslall.config import AugmentConfig
 from sslall.errors import ConfigError, ModelError
 from sslall.model import _train as train
-from sslall.model._backbones import BASELINE_CNN, Classifier, MLPHead, create_backbone
+from sslall.model._backbones import BASELINE_CNN, Classifier, create_backbone
 from sslall.model._devices import resolve_device, resolve_mode
-from sslall.model._train import TrainSet, finetune, train_head
+from sslall.model._finetune import finetune
+from sslall.model._heads import MLPHead
+from sslall.model._train import TrainSet, train_head
 
 FAST = dict(hidden=(16,), dropout=0.1, epochs=15, batch_size=16, lr=1e-2, patience=5, seed=3)
 
@@ -41,13 +43,14 @@ def _predict(state, x, classes=3):
 def test_train_head_learns_separable_blobs(balance):
     x, y = _blobs()
     vx, vy = _blobs(seed=1)
-    calls = []
+    calls, names = [], set()
     result = train_head(x, y, np.ones(len(y)), vx, vy, num_classes=3, class_balance=balance,
-                        progress=lambda e, n: calls.append(e), **FAST)
+                        progress=lambda step, e, n: (names.add(step), calls.append(e)), **FAST)
     assert max(h["val_macro_f1"] for h in result.history) == 1.0
     assert result.history[result.best_epoch - 1]["val_macro_f1"] == 1.0
     assert (_predict(result.state, vx) == vy).all()
     assert calls == list(range(1, len(result.history) + 1)) and result.seconds > 0
+    assert names == {"train"}
     assert set(result.history[0]) == {"epoch", "train_loss", "val_macro_f1", "val_loss"}
 
 
@@ -162,7 +165,7 @@ def test_finetune_one_epoch_on_tiny_images(tmp_path, with_val):
         model, paths, y, np.r_[np.ones(8), 0.0], paths[:4] if with_val else [], y[:4] if with_val else None,
         image_size=32, mean=bb.mean, std=bb.std, augment=AugmentConfig(), epochs=1, batch_size=4,
         lr=1e-3, weight_decay=1e-4, class_balance="sampler", patience=2, seed=0, device="cpu",
-        progress=lambda s, t: steps.append((s, t)),
+        progress=lambda name, s, t: steps.append((s, t)) if name == "train" else pytest.fail(name),
     )
     assert set(result.state) == set(model.state_dict())
     assert _states_equal(result.state, model.state_dict())  # the model holds the kept weights

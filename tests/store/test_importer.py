@@ -95,7 +95,8 @@ def test_folder_import_streams_without_listing_the_folder(store: PoolStore, tmp_
     monkeypatch.setattr(importer, "WINDOW", 3)  # several windows of the one-pass walk
     seen: list[tuple[int, int]] = []
     report = import_source(store, src, "labeled", CLASSES, max_pixels=MAX_PIXELS, workers=2,
-                           progress=lambda done, total: seen.append((done, total)))
+                           progress=lambda step, done, total: seen.append((done, total)) if step == "import"
+                           else pytest.fail(step))
     assert report.added == {"labeled": 12}
     assert seen == [(i, 12) for i in range(1, 13)]
 

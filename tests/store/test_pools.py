@@ -7,7 +7,8 @@ from conftest import write_image
 from sslall._fsutil import sha256_file
 from sslall.errors import IntegrityError
 from sslall.store._integrity import check_store
-from sslall.store._pools import Move, NewSample, PoolStore, RoundRecord
+from sslall.store._pools import PoolStore
+from sslall.store._records import Move, NewSample, RoundRecord
 
 CLASSES = ("A", "B")
 

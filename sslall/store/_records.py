@@ -1,0 +1,78 @@
+"""What the pool store holds and takes: the pool names, a sample's row (`Sample`), a new sample
+(`NewSample`), a move between pools (`Move`), a finished round's record (`RoundRecord`), and the
+timestamp format. Plain data, no SQLite: modules that pass samples and moves around import this,
+not the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+__all__ = ["HUMAN_SOURCES", "LABELED_POOLS", "MACHINE", "POOLS", "SCORED_POOLS", "Move", "NewSample",
+           "RoundRecord", "Sample", "utc_now"]
+
+POOLS = ("labeled", "unlabeled", "pseudo", "review", "holdout", "quarantine")
+LABELED_POOLS = ("labeled", "pseudo", "holdout")
+SCORED_POOLS = ("labeled", "pseudo", "unlabeled", "review", "holdout")
+HUMAN_SOURCES = ("import", "review", "labelstudio", "oracle")
+MACHINE = "machine"
+
+
+def utc_now() -> str:
+    """Now, in UTC, as the ISO 8601 text (milliseconds) every timestamp of the store uses."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One row of the store."""
+
+    id: str
+    path: str
+    pool: str
+    label: str | None
+    label_source: str | None
+    confidence: float | None
+    prediction: str | None
+    weight: float
+    patient: str | None
+    round: int
+    reason: str | None
+    added_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class NewSample:
+    """A sample about to enter the store (from an import)."""
+
+    id: str
+    path: str
+    pool: str
+    label: str | None = None
+    patient: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Move:
+    """A change of pool and/or label for one sample; `from_pool` guards against stale moves."""
+
+    sample_id: str
+    to_pool: str
+    from_pool: str | None = None
+    label: str | None = None
+    label_source: str | None = None
+    confidence: float | None = None
+    prediction: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What a finished round stores about itself (the summary is JSON)."""
+
+    round: int
+    started_at: str
+    summary: dict = field(default_factory=dict)

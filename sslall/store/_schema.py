@@ -1,0 +1,114 @@
+"""The pool store's SQLite schema: its tables, its version, and the tables added since.
+
+`ensure_schema` runs on every open: it creates the tables of a new store, refuses a store of
+another schema version, and gives an older store the tables added without a version bump.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from sslall.errors import IntegrityError
+from sslall.store._records import POOLS
+
+__all__ = ["SCHEMA_VERSION", "ensure_schema"]
+
+SCHEMA_VERSION = 1
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (
+    id TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    pool TEXT NOT NULL CHECK (pool IN ({", ".join(repr(p) for p in POOLS)})),
+    label TEXT,
+    label_source TEXT,
+    confidence REAL,
+    prediction TEXT,
+    weight REAL NOT NULL DEFAULT 1.0,
+    patient TEXT,
+    round INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    added_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS samples_pool_label ON samples (pool, label);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    sample_id TEXT NOT NULL,
+    from_pool TEXT,
+    to_pool TEXT NOT NULL,
+    label TEXT,
+    confidence REAL,
+    reason TEXT,
+    actor TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_sample ON events (sample_id, seq);
+CREATE TABLE IF NOT EXISTS aliases (
+    path TEXT PRIMARY KEY,
+    sample_id TEXT NOT NULL,
+    label TEXT,
+    added_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS conflicts (
+    path TEXT NOT NULL,
+    sample_id TEXT NOT NULL,
+    label TEXT,
+    existing_label TEXT,
+    time TEXT NOT NULL,
+    PRIMARY KEY (path, sample_id, label)
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT NOT NULL,
+    summary TEXT NOT NULL
+);
+"""
+
+# Tables added after schema version 1 without a version bump: every open runs their
+# `CREATE TABLE IF NOT EXISTS`, so an older store gains them. One row per sample sent to Label
+# Studio, keyed on our sample id (Label Studio neither deduplicates nor keeps task ids unique).
+_ADDED_TABLES = """
+CREATE TABLE IF NOT EXISTS labelstudio_tasks (
+    sample_id TEXT PRIMARY KEY,
+    project_id INTEGER NOT NULL,
+    task_id INTEGER,
+    visit INTEGER NOT NULL DEFAULT 1,
+    round INTEGER,
+    pushed_at TEXT NOT NULL,
+    resolved_at TEXT,
+    outcome TEXT
+);
+"""
+
+
+def ensure_schema(conn: sqlite3.Connection, path: Path, *, create: bool) -> None:
+    """Create the tables (with `create`), check the schema version, add the newer tables.
+
+    Raises:
+        IntegrityError: the store has no schema version, or another one than this sslall reads.
+    """
+    if create:
+        conn.executescript(_SCHEMA)
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                     (str(SCHEMA_VERSION),))
+    version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if version is None or int(version[0]) != SCHEMA_VERSION:
+        raise IntegrityError(
+            f"pool store {path} has schema version {version and version[0]}, "
+            f"this sslall reads version {SCHEMA_VERSION}"
+        )
+    _add_tables(conn)
+
+
+def _add_tables(conn: sqlite3.Connection) -> None:
+    """Create the tables added since version 1 (a no-op, and no write, once they exist)."""
+    have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "labelstudio_tasks" not in have:
+        try:
+            conn.executescript(_ADDED_TABLES)
+        except sqlite3.OperationalError:  # a read-only store still answers reads
+            pass
