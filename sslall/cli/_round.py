@@ -373,8 +373,8 @@ def evaluate_cmd(
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
+    from sslall.cli._demo import demo_cmd
     from sslall.cli._simulate import simulate_cmd
-    from sslall.experiments._demo import demo_cmd
 
     app.command("round")(cli_errors(round_cmd))
     app.command("run")(cli_errors(run_cmd))

@@ -1,4 +1,5 @@
-"""`sslall demo`: the whole loop on synthetic cells, in a few minutes on a laptop CPU.
+"""The demo's logic (`sslall demo`): the whole loop on synthetic cells, in a few minutes on a
+laptop CPU.
 
 It draws a data set, makes a workspace with a few labeled cells, many unlabeled ones and a
 holdout, then runs rounds. Between rounds a stand-in annotator (who knows the synthetic truth)
@@ -9,14 +10,10 @@ from __future__ import annotations
 
 import csv
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
-import typer
-from rich.table import Table
-
-from sslall.cli._console import console, say, step_progress
-from sslall.config import Config, parse_classes, with_overrides
+from sslall.config import Config, with_overrides
 from sslall.errors import UsageError
 from sslall.store._pools import PoolStore
 from sslall.workspace import Workspace, create_workspace
@@ -24,7 +21,15 @@ from sslall.workspace import Workspace, create_workspace
 MARKER = ".sslall-demo"
 
 
-def _prepare(directory: Path, fresh: bool) -> None:
+def prepare_demo_folder(directory: Path, *, per_class: int, fresh: bool) -> None:
+    """Check the demo's settings and make `directory` an empty demo folder.
+
+    Raises:
+        UsageError: `per_class` is under 40, or `directory` holds something other than a demo
+            (or a demo, without `fresh`).
+    """
+    if per_class < 40:
+        raise UsageError("--per-class must be at least 40 (8 labeled + 30 holdout + unlabeled)")
     if directory.exists() and any(directory.iterdir()):
         if not (directory / MARKER).exists():
             raise UsageError(f"{directory} exists and is not an sslall demo folder; "
@@ -62,7 +67,7 @@ def _manifests(cells: Path, samples: list, labeled_per_class: int, holdout_per_c
     return out
 
 
-def _answer_review(ws: Workspace, config: Config, directory: Path, round_no: int) -> int:
+def answer_review(ws: Workspace, config: Config, directory: Path, round_no: int) -> int:
     """The stand-in annotator: label every review cell with its synthetic truth."""
     from sslall.store._review_csv import export_review, import_review
 
@@ -81,36 +86,28 @@ def _answer_review(ws: Workspace, config: Config, directory: Path, round_no: int
         return import_review(store, queue, config.classes, actor="oracle").labeled
 
 
-def demo_cmd(
-    directory: Annotated[Path, typer.Argument(help="Folder for the demo.")] = Path("sslall-demo"),
-    rounds: Annotated[int, typer.Option(help="Rounds to run.")] = 3,
-    fresh: Annotated[bool, typer.Option(help="Delete an earlier demo in DIRECTORY first.")] = False,
-    classes: Annotated[str, typer.Option(help="Class names.")] = "L1,L2,L3",
-    per_class: Annotated[int, typer.Option(help="Synthetic cells per class.")] = 200,
-    backbone: Annotated[str, typer.Option(help="Backbone.")] = "tf_efficientnet_lite0",
-    image_size: Annotated[int, typer.Option(help="Input side in pixels.")] = 128,
-) -> None:
-    """Synthesise cells, build a workspace (few labeled, many unlabeled, a holdout) and run
-    self-training rounds, a stand-in annotator answering the review queue in between.
+@dataclass
+class Demo:
+    """A demo workspace ready for rounds, and where its synthetic cells are."""
 
-    \b
-    Example:
-      sslall demo my-demo --rounds 3 --fresh
+    workspace: Workspace
+    config: Config
+    cells: Path
+    pool_sizes: dict[str, int]
+
+
+def build_demo(directory: Path, names: tuple[str, ...], *, per_class: int, backbone: str,
+               image_size: int) -> Demo:
+    """Draw `per_class` synthetic cells of each class into `directory`/cells and make a workspace
+    with 8 labeled and 30 holdout cells per class, the rest unlabeled. `directory` is one that
+    `prepare_demo_folder` made ready.
     """
     from sslall.data._synthetic import write_dataset
-    from sslall.rounds import run_round
     from sslall.store._importer import import_source
 
-    names = parse_classes(classes, key="--classes")
-    if per_class < 40:
-        raise UsageError("--per-class must be at least 40 (8 labeled + 30 holdout + unlabeled)")
-    directory = directory.expanduser().resolve()
-    _prepare(directory, fresh)
     cells = directory / "cells"
-    say(f"drawing {per_class * len(names)} synthetic cells into {cells}")
     samples = write_dataset(cells, names, per_class, size=96, seed=0, difficulty=0.6)
     manifests = _manifests(cells, samples, labeled_per_class=8, holdout_per_class=30)
-
     config = with_overrides(Config(classes=names),
                             model={"backbone": backbone, "image_size": image_size},
                             route={"budget": 15})
@@ -120,22 +117,4 @@ def demo_cmd(
             import_source(store, manifests[pool], pool, names,
                           max_pixels=config.data.max_pixels, workers=1)
         sizes = store.pool_sizes()
-    say(f"workspace {ws.root}: " + ", ".join(f"{p} {n}" for p, n in sizes.items() if n))
-
-    history = Table(title="demo: what each round bought")
-    for col in ("round", "labeled", "pseudo", "review", "unlabeled", "macro-F1", "accuracy",
-                "ECE"):
-        history.add_column(col, justify="right")
-    for _ in range(rounds):
-        with step_progress() as update:
-            result = run_round(ws, config, progress=update)
-        m = result.metrics or {}
-        history.add_row(str(result.round), *(str(result.pools.get(p, 0)) for p in
-                        ("labeled", "pseudo", "review", "unlabeled")),
-                        *(f"{m.get(k, float('nan')):.3f}" for k in ("macro_f1", "accuracy", "ece")))
-        say(f"round {result.round}: macro-F1 {m.get('macro_f1', 0):.3f}, moves {result.moves}")
-        answered = _answer_review(ws, config, directory, result.round)
-        if answered:
-            say(f"  the stand-in annotator labelled {answered} review cells")
-    console.print(history)
-    say(f"explore it: sslall status -w {ws.root}   |   sslall check -w {ws.root}")
+    return Demo(ws, config, cells, sizes)
