@@ -131,9 +131,22 @@ class RouteConfig:
     strategy: str = setting(
         "margin", "acquisition function ranking cells for review", registry="strategy",
         choices=("margin", "entropy", "least-confidence", "bald", "coreset", "typiclust", "random"))
-    budget: int = setting(20, "cells sent to review per round", within="[0, inf]")
+    budget: int = setting(20, "cells sent to review per round, at most", within="[0, inf]")
+    # 200 = ten rounds of the default budget, about half an hour of one annotator's time: a
+    # week of unattended nightly rounds cannot bury the annotators under a backlog.
+    max_review: int = setting(
+        200, "cap on the outstanding review queue (cells sent, not yet answered); a round routes "
+        "at most min(budget, max_review - outstanding); 200 = ten rounds of the default budget",
+        within="[0, inf]")
+    min_uncertainty: float = setting(
+        0.0, "never route a cell whose uncertainty, 1 - its calibrated confidence, is below this "
+        "(0.05: cells the model gives >= 95 % stay unrouted); 0 = off", within="[0, 1)")
     diversity: str = setting(
         "kmeans", "kmeans (one cell per cluster in a review batch) or none", choices=("kmeans", "none"))
+    candidate_factor: int = setting(
+        3, "kmeans diversity picks each review cell among this many times the budget of "
+        "top-ranked candidates, never further down the ranking (1 = plain ranking)",
+        within="[1, 100]")
     hard_threshold: float = setting(
         0.6, "labeled cells below this confidence are up-weighted next round", within="[0, 1]")
 

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["RoundResult", "run_round"]
 
 log = logging.getLogger(__name__)
-
+ROUTING_ONLY = frozenset({"unlabeled->review"})  # move kinds that change no training data
 
 
 @dataclass
@@ -65,10 +65,20 @@ class RoundResult:
     seconds: dict[str, float]
     labelstudio: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    # human-labelled cells (labeled + holdout) at the round's start, after its Label Studio
+    # pull, minus those after the previous round: answers pulled or imported, images added
+    human_labels_added: int = 0
 
     @property
     def changed(self) -> bool:
-        return sum(self.moves.values()) > 0
+        """Whether the round changed what the next round would learn from (`sslall run` stops
+        when it did not): a pseudo label added, removed or relabelled (every move but
+        unlabeled -> review), a file quarantined, or human labels that arrived since the
+        previous round (Label Studio answers pulled, `review import`, `add labeled`). Cells
+        sent to review alone are no change: the next round would train on the same labels.
+        """
+        return self.human_labels_added != 0 or any(
+            n for kind, n in self.moves.items() if kind not in ROUTING_ONLY)
 
     def summary(self) -> dict:
         return {"round": self.round, "run_dir": str(self.run_dir), "moves": self.moves,
@@ -179,10 +189,13 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
                 y = snapshot.label_index()[holdout]
                 metrics = classification_metrics(y, probs[holdout].argmax(1), probs[holdout],
                                                   list(config.classes))
-            pools_after = _pools_after(store.pool_sizes(), moves)
-            previous = store.rounds()[-1].get("metrics") if store.last_round() else None
+            pools_before = store.pool_sizes()
+            pools_after = _pools_after(pools_before, moves)
+            last = store.rounds()[-1] if store.last_round() else {}
             result = RoundResult(round_no, ws.round_dir(round_no), _count_moves(moves), metrics,
-                                 previous, pools_after, seconds)
+                                 last.get("metrics"), pools_after, seconds,
+                                 human_labels_added=_human_labels(pools_before)
+                                 - _human_labels(last.get("pools", pools_before)))
             with _timed(seconds, "record"):
                 extra = {"calibration": calibration.report, "thresholds": pseudo.thresholds,
                          "pseudo_per_class": pseudo.per_class, "mode": learner.mode,
@@ -246,6 +259,10 @@ def _require_training_data(snapshot: Snapshot) -> None:
     if missing:
         raise UsageError(f"no labeled images of class(es) {missing}; every class needs at least "
                          "one (`sslall add labeled`)")
+
+
+def _human_labels(pools: dict[str, int]) -> int:
+    return pools.get("labeled", 0) + pools.get("holdout", 0)
 
 
 def _count_moves(moves: list[Move]) -> dict[str, int]:

@@ -258,3 +258,39 @@ def test_round_without_labels_of_every_class_is_refused(tmp_path: Path, runner) 
     invoke(runner, "init", ws, "--classes", "A,B")
     result = invoke(runner, "round", "-w", ws)
     assert result.exit_code == 2 and "labeled pool is empty" in result.stderr
+
+
+@pytest.mark.parametrize(("moves", "added", "changed"), [
+    ({}, 0, False),
+    ({"unlabeled->review": 20}, 0, False),                  # routing alone is no change
+    ({"unlabeled->review": 3, "unlabeled->pseudo": 1}, 0, True),
+    ({"pseudo->unlabeled": 1}, 0, True),                    # a pseudo label removed
+    ({"pseudo->pseudo": 1}, 0, True),                       # relabelled
+    ({"pseudo->review": 1}, 0, True),                       # removed and sent to review
+    ({"unlabeled->quarantine": 1}, 0, True),
+    ({"unlabeled->review": 4}, 2, True),                    # answers arrived since last round
+])
+def test_a_round_changed_only_when_pseudo_or_human_labels_did(moves, added, changed) -> None:
+    from sslall.rounds import RoundResult
+
+    result = RoundResult(2, Path("runs/round-0002"), moves, None, None, {}, {},
+                         human_labels_added=added)
+    assert result.changed is changed
+
+
+def test_run_stops_early_when_a_round_only_routes(template_ws: Path, tmp_path: Path,
+                                                  runner) -> None:
+    """All 15 nearest human labels (5 a class) must agree: no cell ever gets a pseudo label, so
+    round 1 only routes and `run --rounds 5` stops there instead of queueing 4 cells a round."""
+    ws = copy_ws(template_ws, tmp_path)
+    toml = ws / "sslall.toml"
+    text = toml.read_text()
+    assert "knn_k = 3\nknn_agreement = 0.5" in text
+    toml.write_text(text.replace("knn_k = 3\nknn_agreement = 0.5", "knn_k = 15\nknn_agreement = 1.0"))
+    result = invoke(runner, "run", "--rounds", "5", "-w", ws, "--json")
+    assert result.exit_code == 0, result.stderr
+    rounds = json.loads(result.stdout[result.stdout.index("["):result.stdout.rindex("]") + 1])
+    assert [r["round"] for r in rounds] == [1]
+    assert rounds[0]["moves"] == {"unlabeled->review": 4}
+    assert "round 1 made no pseudo-label or label change; stopping" in result.output
+    assert pools_of(ws)["review"] == 4

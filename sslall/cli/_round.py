@@ -138,7 +138,12 @@ def run_cmd(
     budget: Budget = None, route: Route = None, mode: Mode = None, device: Device = None,
     workspace: WorkspaceOption = None, json_out: JsonFlag = False,
 ) -> None:
-    """Repeat rounds until --rounds or until a round changes nothing.
+    """Repeat rounds until --rounds or until a round makes no pseudo-label or label change.
+
+    A round counts as a change when it adds, removes or relabels a pseudo label, quarantines a
+    file, or trains on human labels that arrived since the previous round (Label Studio
+    answers, review import, add labeled). Cells sent to review alone are no change: the next
+    round would learn from the same labels, so the run stops.
 
     \b
     Example:
@@ -161,7 +166,7 @@ def run_cmd(
             _show_labelstudio(result)
         if not broadcast(dist, result is not None and result.changed):
             if result is not None:
-                say(f"round {result.round} changed nothing; stopping")
+                say(f"round {result.round} made no pseudo-label or label change; stopping")
             break
     teardown(dist)
     if dist is not None and not dist.is_main:

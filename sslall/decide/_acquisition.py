@@ -2,8 +2,9 @@
 
 Two registries of small pure functions, with the *measure* kept apart from the *selection*:
 `STRATEGIES` maps a name to ``fn(ctx) -> scores [N]``, higher = more worth a human label, turned
-into a batch by `select_top_k`; `BATCH_STRATEGIES` maps a name to ``fn(ctx, budget) -> indices``
-for set-based methods (core-set, TypiClust) that need the budget. `acquire` is the entry point
+into a batch by `select_top_k` (diversity only among the top of the ranking, `diversity_split`);
+`BATCH_STRATEGIES` maps a name to ``fn(ctx, budget) -> indices`` for set-based methods
+(core-set, TypiClust) that need the budget. `acquire` is the entry point
 over both: arrays in, row indices out, validated once (`ValueError` stating expected vs actual);
 registered functions trust their inputs. The config's `route.strategy` accepts every registered
 name.
@@ -139,30 +140,52 @@ def typiclust(ctx: AcquisitionContext, budget: int) -> np.ndarray:
     return typical_cluster_points(emb, ctx.labeled_embeddings, budget)
 
 
+def diversity_split(n: int, budget: int, factor: int) -> tuple[int, int]:
+    """(taken by rank, picked by diversity) for ``budget`` of ``n`` ranked candidates.
+
+    Diversity picks ``k`` cells among the ``factor * k`` candidates ranked right after the
+    ``budget - k`` taken outright, so a low-score cell can displace a higher one only inside a
+    slice ``factor`` times the number of picks. ``k = budget`` when the pool holds
+    ``factor * budget`` candidates; a smaller pool gets fewer picks, never a wider slice (30
+    candidates, budget 20, factor 3: the top 15 by rank, then 5 picks among ranks 16-30).
+    """
+    budget = min(budget, n)
+    if factor <= 1 or budget <= 1:
+        return budget, 0
+    k = min(budget, (n - budget) // (factor - 1))
+    return (budget, 0) if k <= 1 else (budget - k, k)
+
+
 def _top_k(scores: np.ndarray, budget: int, emb: np.ndarray | None, factor: int) -> np.ndarray:
     order = np.lexsort((np.arange(len(scores)), -scores))  # descending score, ties by index
-    m = min(len(scores), factor * budget)
-    if emb is None or m <= budget:
+    head, k = diversity_split(len(scores), budget, factor)
+    if emb is None or k == 0:
         return order[:budget]
-    cand = order[:m]
+    cand = order[head:head + factor * k]
     x = l2_normalize(emb[cand])
     # farthest-first seeds: a clump of near-duplicates gets one seed, not several
-    _, assign = kmeans(x, budget, seed=0, init=x[k_center_greedy(x, None, budget)])
+    _, assign = kmeans(x, k, seed=0, init=x[k_center_greedy(x, None, k)])
     _, first = np.unique(assign, return_index=True)  # best-ranked candidate of each cluster
-    chosen = np.zeros(m, bool)
+    chosen = np.zeros(len(cand), bool)
     chosen[first] = True
-    if chosen.sum() < budget:  # fewer non-empty clusters than budget: fill by rank
-        chosen[np.flatnonzero(~chosen)[: budget - chosen.sum()]] = True
-    return cand[chosen]
+    if chosen.sum() < k:  # fewer non-empty clusters than picks: fill by rank
+        chosen[np.flatnonzero(~chosen)[: k - chosen.sum()]] = True
+    return np.concatenate([order[:head], cand[chosen]])
 
 
 def select_top_k(scores: np.ndarray, budget: int, *, embeddings: np.ndarray | None = None,
-                 diversity: str = "kmeans", candidate_factor: int = 10) -> np.ndarray:
+                 diversity: str = "kmeans", candidate_factor: int = 3) -> np.ndarray:
     """Indices of a ``budget``-sized batch by descending score, optionally spread by k-means.
 
-    With ``diversity="kmeans"`` and embeddings, the top ``candidate_factor * budget`` candidates
-    are clustered into ``budget`` clusters and the best-scoring candidate of each is taken, so a
-    batch is not fifty near-identical cells. Returned in descending score (ties by index).
+    With ``diversity="kmeans"`` and embeddings, diversity acts only among the top of the
+    ranking: the best ``candidate_factor * budget`` candidates are clustered into ``budget``
+    clusters and the best-scoring candidate of each is taken, so a batch is not fifty
+    near-identical cells; a pool smaller than that gets fewer diversity picks, never a wider
+    slice (see `diversity_split`). Returned in descending score (ties by index).
+
+    Raises:
+        ValueError: scores not a finite 1-D array, a bad budget, factor, diversity or
+            embeddings shape.
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 1 or not np.isfinite(s).all():
@@ -217,16 +240,18 @@ def _context(probs: ArrayLike, embeddings: ArrayLike | None, labeled_embeddings:
 def acquire(probs: ArrayLike, budget: int, *, strategy: str = "margin",
             embeddings: ArrayLike | None = None, labeled_embeddings: ArrayLike | None = None,
             mc_probs: ArrayLike | None = None, diversity: str = "kmeans",
-            rng: np.random.Generator | int | None = None, candidate_factor: int = 10,
+            rng: np.random.Generator | int | None = None, candidate_factor: int = 3,
             approx_above: int = APPROX_ABOVE) -> np.ndarray:
     """Row indices of the ``budget`` rows of ``probs`` most worth a human label, best first.
 
     Score strategies (margin, entropy, least-confidence, bald, random) rank the rows by score;
     with ``embeddings`` and ``diversity="kmeans"`` the best ``candidate_factor * budget`` rows
     are clustered into ``budget`` clusters and the best row of each is taken, so a batch is not
-    a clump of near-duplicates. Batch strategies (coreset, typiclust) choose the set from the
-    embeddings themselves and ignore ``diversity``. A name added with `register_strategy` works
-    the same way. A round calls this with the config's `route.strategy` and `route.diversity`.
+    a clump of near-duplicates; diversity never reaches below that slice of the ranking (a
+    smaller pool gets fewer diversity picks, see `diversity_split`). Batch strategies (coreset,
+    typiclust) choose the set from the embeddings themselves and ignore ``diversity``. A name
+    added with `register_strategy` works the same way. A round calls this with the config's
+    `route.strategy`, `route.diversity` and `route.candidate_factor`.
 
     Args:
         probs: [N, C] calibrated class probabilities, each row summing to 1.
@@ -240,7 +265,8 @@ def acquire(probs: ArrayLike, budget: int, *, strategy: str = "margin",
         diversity: ``"kmeans"`` or ``"none"``.
         rng: a numpy Generator or an integer seed, for the random strategy; None means seed 0,
             so that two calls give the same batch.
-        candidate_factor: with k-means diversity, how many top rows per pick are clustered.
+        candidate_factor: with k-means diversity, how many top-ranked rows each pick is
+            chosen among (1 = plain ranking).
         approx_above: kNN searches over more labeled rows than this use an approximate index.
 
     Returns:
@@ -258,15 +284,35 @@ def acquire(probs: ArrayLike, budget: int, *, strategy: str = "margin",
         >>> acquire(probs, 2, strategy="margin").tolist()
         [1, 2]
     """
+    return acquire_scored(probs, budget, strategy=strategy, embeddings=embeddings,
+                          labeled_embeddings=labeled_embeddings, mc_probs=mc_probs,
+                          diversity=diversity, rng=rng, candidate_factor=candidate_factor,
+                          approx_above=approx_above)[0]
+
+
+def acquire_scored(probs: ArrayLike, budget: int, *, strategy: str = "margin",
+                   embeddings: ArrayLike | None = None, labeled_embeddings: ArrayLike | None = None,
+                   mc_probs: ArrayLike | None = None, diversity: str = "kmeans",
+                   rng: np.random.Generator | int | None = None, candidate_factor: int = 3,
+                   approx_above: int = APPROX_ABOVE) -> tuple[np.ndarray, np.ndarray | None]:
+    """`acquire`, plus the strategy's score of every row (None for a batch strategy).
+
+    A round states each routed cell's score and rank in its move's reason from these.
+
+    Raises:
+        ValueError: as `acquire`.
+    """
     if strategy not in STRATEGIES and strategy not in BATCH_STRATEGIES:
         raise unknown("acquisition strategy", strategy, strategy_names())
     _check_budget(budget, diversity, candidate_factor)
     ctx = _context(probs, embeddings, labeled_embeddings, mc_probs, rng, approx_above)
     budget = min(int(budget), len(ctx.probs))
-    if budget == 0:
-        return np.zeros(0, np.int64)
     if strategy in BATCH_STRATEGIES:
-        return np.asarray(BATCH_STRATEGIES[strategy](ctx, budget), dtype=np.int64)
+        if budget == 0:
+            return np.zeros(0, np.int64), None
+        return np.asarray(BATCH_STRATEGIES[strategy](ctx, budget), dtype=np.int64), None
     scores = np.asarray(STRATEGIES[strategy](ctx), dtype=np.float64)
+    if budget == 0:
+        return np.zeros(0, np.int64), scores
     emb = ctx.embeddings if diversity == "kmeans" else None
-    return _top_k(scores, budget, emb, candidate_factor).astype(np.int64)
+    return _top_k(scores, budget, emb, candidate_factor).astype(np.int64), scores

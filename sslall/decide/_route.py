@@ -5,8 +5,13 @@ class-wise thresholds, the optional class cap and the kNN-agreement filter; a ps
 no longer passes goes back to unlabeled (self-correction). Human labels are never candidates.
 
 `decide_routing`: low-confidence human-labelled rows are up-weighted for the next training
-(route `retrain`/`both`); unlabeled rows that did not become pseudo labels are ranked by the
-acquisition strategy with batch diversity, and the top `budget` move to `review`.
+(route `retrain`/`both`); unlabeled rows that did not become pseudo labels are review
+candidates, ranked by the acquisition strategy with batch diversity among the top of the
+ranking. Review is for doubt: a candidate whose calibrated confidence passes its class's
+pseudo-label threshold (one the kNN or class-cap filter held back) is ranked after every
+candidate below it, so it is sent only when no doubtful one is left; a candidate whose
+uncertainty (1 - calibrated confidence) is under `route.min_uncertainty` is not a candidate;
+and a round sends at most ``min(route.budget, route.max_review - outstanding)`` cells.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sslall.config import Config
-from sslall.decide._acquisition import acquire
+from sslall.decide._acquisition import acquire_scored
 from sslall.decide._index import knn_agreement
 from sslall.decide._policies import class_caps_from_prior, class_thresholds, select_pseudo_labels
 from sslall.store._records import Move
@@ -35,6 +40,9 @@ class PseudoDecision:
     selected: np.ndarray  # bool per snapshot row: holds a pseudo label after the round
     thresholds: dict[str, float]
     per_class: dict[str, int] = field(default_factory=dict)
+    # bool per snapshot row: an unlabeled or pseudo row whose calibrated confidence passes its
+    # class's threshold (selected or held back by the kNN or class-cap filter); None = none
+    confident: np.ndarray | None = None
 
 
 @dataclass
@@ -93,13 +101,20 @@ def decide_pseudo_labels(config: Config, snapshot: Snapshot, probs: np.ndarray,
             moves.append(Move(row.id, "unlabeled", from_pool="pseudo", confidence=conf,
                               prediction=classes[pred], reason=f"self-correction: {why}"))
     per_class = {c: int(((probs[selected].argmax(1) == k)).sum()) for k, c in enumerate(classes)}
+    sure = np.zeros(len(snapshot.rows), dtype=bool)
+    sure[candidates[confident]] = True
     return PseudoDecision(moves, selected,
                           {c: round(float(t), 4) for c, t in zip(classes, thresholds, strict=True)},
-                          per_class)
+                          per_class, sure)
 
 
 def decide_routing(config: Config, snapshot: Snapshot, probs: np.ndarray, scores: Scores,
                    pseudo: PseudoDecision, *, rng: np.random.Generator) -> Routing:
+    """Up-weights for unsure human labels and the round's review moves (module docstring).
+
+    Each review move's reason states the strategy's score of the cell and its rank among the
+    candidates, e.g. ``margin 0.04, rank 3 of 120 candidates``.
+    """
     classes = snapshot.classes
     labels = snapshot.label_index()
     human = np.flatnonzero(snapshot.human_mask())
@@ -109,21 +124,45 @@ def decide_routing(config: Config, snapshot: Snapshot, probs: np.ndarray, scores
         for i in human[own < config.route.hard_threshold]:
             weights[snapshot.rows[i].id] = config.train.hard_weight
     pool = np.flatnonzero(snapshot.mask("unlabeled", "pseudo") & ~pseudo.selected)
-    review_rows = np.zeros(0, dtype=np.int64)
-    budget = min(config.route.budget, len(pool))
-    if budget > 0:
-        known = np.flatnonzero(snapshot.human_mask() | pseudo.selected | snapshot.mask("review"))
-        review_rows = pool[acquire(
-            probs[pool], budget, strategy=config.route.strategy,
-            embeddings=scores.embeddings[pool], labeled_embeddings=scores.embeddings[known],
-            mc_probs=None if scores.mc_probs is None else scores.mc_probs[:, pool],
-            diversity=config.route.diversity, rng=rng, approx_above=config.index.approx_above,
-        )]
+    pool = pool[1.0 - probs[pool].max(1) >= config.route.min_uncertainty]
+    outstanding = int(snapshot.mask("review").sum())
+    room = max(0, min(config.route.budget, config.route.max_review - outstanding, len(pool)))
+    sure = (np.zeros(len(pool), dtype=bool) if pseudo.confident is None
+            else pseudo.confident[pool])
+    known = np.flatnonzero(snapshot.human_mask() | pseudo.selected | snapshot.mask("review"))
+    review_rows, reasons = np.zeros(0, dtype=np.int64), []
+    for tier, kind in ((pool[~sure], ""), (pool[sure], "confident ")):  # doubtful ones first
+        want = room - len(review_rows)
+        if want <= 0 or not len(tier):
+            continue
+        picked, tier_scores = acquire_scored(
+            probs[tier], want, strategy=config.route.strategy, embeddings=scores.embeddings[tier],
+            labeled_embeddings=scores.embeddings[np.concatenate([known, review_rows])],
+            mc_probs=None if scores.mc_probs is None else scores.mc_probs[:, tier],
+            diversity=config.route.diversity, rng=rng,
+            candidate_factor=config.route.candidate_factor, approx_above=config.index.approx_above)
+        for n, k in enumerate(picked):
+            if tier_scores is None:  # a batch strategy: no score per cell, only the order picked
+                why = f"{config.route.strategy}: pick {n + 1} of {len(picked)} among"
+            else:
+                why = (f"{_score_text(config.route.strategy, tier_scores[k])}, rank "
+                       f"{1 + int((tier_scores > tier_scores[k]).sum())} of")
+            reasons.append(f"{why} {len(tier)} {kind}candidates")
+            if kind:
+                pred = int(probs[tier[k]].argmax())
+                reasons[-1] += (f" (p={probs[tier[k], pred]:.3f} passes its class threshold "
+                                f"{pseudo.thresholds[classes[pred]]}; no doubtful candidate left)")
+        review_rows = np.concatenate([review_rows, tier[picked]])
     moves = []
-    for i in review_rows:
+    for i, reason in zip(review_rows, reasons, strict=True):
         row = snapshot.rows[i]
         pred = int(probs[i].argmax())
         moves.append(Move(row.id, "review", from_pool=row.pool, confidence=float(probs[i, pred]),
-                          prediction=classes[pred],
-                          reason=f"{config.route.strategy}: among the least certain"))
+                          prediction=classes[pred], reason=reason))
     return Routing(moves, weights, review_rows)
+
+
+def _score_text(strategy: str, score: float) -> str:
+    """A cell's acquisition score as a lab reads it: margin as the gap p1 - p2, not its negation."""
+    value = -score if strategy == "margin" else score
+    return f"{strategy} {value:.3g}"

@@ -3,6 +3,7 @@ of the in-process CLI, drive the round, and an unknown name is one line listing 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,11 @@ def test_registered_strategy_and_policy_run_a_round(ws: Path, runner, user_names
     assert user_names == [0.8]
     with PoolStore(ws / "pools" / "pools.db") as store:
         reasons = [s.reason for s in store.samples() if s.pool == "review"]
-    assert reasons == ["last-rows: among the least certain"] * 3
+    # the strategy's own score (the row index among the candidates) and its rank: k-means
+    # diversity picks among the top 9 (route.candidate_factor 3 x budget 3)
+    assert len(reasons) == 3
+    assert all(re.fullmatch(r"last-rows \d+, rank [1-9] of \d+ (confident )?candidates.*", r)
+               for r in reasons), reasons
 
 
 def test_unknown_names_are_one_line_with_the_registered_ones(ws: Path, runner, user_names) -> None:

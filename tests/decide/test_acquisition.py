@@ -12,6 +12,8 @@ from sslall.decide._acquisition import (
     STRATEGIES,
     AcquisitionContext,
     acquire,
+    acquire_scored,
+    diversity_split,
     register_strategy,
     select_top_k,
     strategy_names,
@@ -126,12 +128,62 @@ def test_diversity_spreads_a_batch_over_clusters():
     scores = np.concatenate([np.linspace(0.99, 0.95, 50), np.linspace(0.90, 0.80, 40)])
     plain = select_top_k(scores, 5, embeddings=emb, diversity="none")
     assert plain.tolist() == [0, 1, 2, 3, 4]
-    spread = select_top_k(scores, 5, embeddings=emb, candidate_factor=20)
+    # 90 candidates = 5 picks x 18: the slice holds every candidate
+    spread = select_top_k(scores, 5, embeddings=emb, candidate_factor=18)
     assert spread[0] == 0  # best twin first, in descending score
     group = [0 if i < 50 else 1 + (i - 50) // 10 for i in spread]
     assert sorted(group) == [0, 1, 2, 3, 4]
     assert spread.tolist()[1:] == [50, 60, 70, 80]  # best of each other cluster
     np.testing.assert_array_equal(np.sort(scores[spread])[::-1], scores[spread])
+
+
+@pytest.mark.parametrize(("n", "budget", "factor", "split"), [
+    (1000, 20, 3, (0, 20)),   # a big pool: all 20 picked among the top 60
+    (60, 20, 3, (0, 20)),     # exactly factor x budget
+    (30, 20, 3, (15, 5)),     # top 15 by rank, then 5 picks among ranks 16-30
+    (50, 20, 3, (5, 15)),     # top 5, then 15 picks among ranks 6-50
+    (21, 20, 3, (20, 0)),     # no room for a slice: plain ranking
+    (5, 20, 3, (5, 0)),       # fewer candidates than the budget
+    (100, 20, 1, (20, 0)),    # factor 1: plain ranking
+    (100, 1, 3, (1, 0)),      # one pick: the best
+])
+def test_diversity_split_keeps_picks_within_factor_times_their_number(n, budget, factor, split):
+    head, k = diversity_split(n, budget, factor)
+    assert (head, k) == split
+    assert head + factor * k <= n
+
+
+def test_small_pool_diversity_only_among_the_top_of_the_ranking():
+    """30 candidates, budget 20, factor 3: the top 15 by score go in outright; the 5 diversity
+    picks come from ranks 16-30: one of 11 twins (the best, rank 16) and the 4 lone cells."""
+    dim = 8
+    emb = np.zeros((30, dim))
+    emb[:15, 5] = 1.0                                   # ranks 1-15: never clustered
+    emb[15:26] = np.eye(dim)[0] + np.random.default_rng(1).normal(0, 1e-4, (11, dim))
+    emb[26:30] = np.eye(dim)[1:5]
+    scores = np.linspace(1.0, 0.1, 30)                  # row i has rank i + 1
+    got = select_top_k(scores, 20, embeddings=emb, candidate_factor=3)
+    assert got.tolist() == [*range(15), 15, 26, 27, 28, 29]
+
+
+def test_diversity_never_reaches_below_the_slice():
+    """25 candidates, budget 10, factor 3: the top 3 go in by rank, 7 picks among ranks 4-24.
+    The 5 worst cells sit alone, far from a clump of the 20 best: the 4 inside the slice are
+    picked, the last (rank 25) is not, though clustering all 25 (the old rule) took it."""
+    rng = np.random.default_rng(2)
+    emb = np.vstack([np.eye(16)[0] + rng.normal(0, 1e-3, (20, 16)), np.eye(16)[1:6]])
+    scores = np.linspace(1.0, 0.1, 25)
+    got = select_top_k(scores, 10, embeddings=emb, candidate_factor=3).tolist()
+    assert len(set(got)) == 10 and got[:3] == [0, 1, 2]
+    assert {20, 21, 22, 23} <= set(got) and 24 not in got
+
+
+def test_acquire_scored_returns_the_strategy_scores():
+    picked, scores = acquire_scored(PROBS, 2, strategy="margin")
+    assert picked.tolist() == [4, 2]
+    np.testing.assert_allclose(scores, [-0.85, -0.10, -0.01, -0.40, 0.0])
+    picked, scores = acquire_scored(PROBS, 2, strategy="coreset", embeddings=np.eye(5))
+    assert scores is None and len(picked) == 2
 
 
 def test_top_k_ties_by_index_and_budget_bounds():

@@ -81,3 +81,83 @@ def test_routing_upweights_unsure_human_labels_and_sends_the_least_certain_to_re
     labelstudio = with_overrides(cfg, route={"route": "labelstudio"})
     assert decide_routing(labelstudio, snapshot, PROBS, Scores(PROBS, EMB), decision,
                           rng=np.random.default_rng(0)).weights == {}
+
+
+def test_review_reason_states_the_score_and_rank() -> None:
+    snapshot = Snapshot(CLASSES, ROWS)
+    cfg = with_overrides(config(), route={"budget": 2})
+    decision = decide_pseudo_labels(cfg, snapshot, PROBS, EMB)
+    routing = decide_routing(cfg, snapshot, PROBS, Scores(PROBS, EMB), decision,
+                             rng=np.random.default_rng(0))
+    # candidates: row 3 (margin 0.52 - 0.48) and row 4 (its pseudo label fell below 0.9)
+    assert [(m.sample_id, m.reason) for m in routing.moves] == [
+        (ROWS[3].id, "margin 0.04, rank 1 of 2 candidates"),
+        (ROWS[4].id, "margin 0.2, rank 2 of 2 candidates")]
+
+
+# Six unlabeled cells: rows 2-4 doubtful, rows 5-7 confident (p >= 0.9) but held back by the
+# kNN filter (their embeddings sit on the human "B" while the model says A).
+SURE_ROWS = [row(0, "labeled", "A", "import"), row(1, "labeled", "B", "import"),
+             *(row(i, "unlabeled") for i in range(2, 8))]
+SURE_PROBS = np.array([[0.9, 0.1], [0.1, 0.9], [0.55, 0.45], [0.6, 0.4], [0.7, 0.3],
+                       [0.95, 0.05], [0.97, 0.03], [0.99, 0.01]])
+SURE_EMB = np.array([[1, 0], [0, 1], [1, 0.1], [1, 0.2], [1, 0.3], [0.1, 1], [0.2, 1], [0.3, 1]],
+                    dtype=np.float32)
+
+
+def route_sure(**route):
+    cfg = with_overrides(config(knn_k=1, knn_agreement=1.0), route={"strategy": "random", **route})
+    snapshot = Snapshot(CLASSES, SURE_ROWS)
+    decision = decide_pseudo_labels(cfg, snapshot, SURE_PROBS, SURE_EMB)
+    return decision, [decide_routing(cfg, snapshot, SURE_PROBS, Scores(SURE_PROBS, SURE_EMB),
+                                     decision, rng=np.random.default_rng(seed))
+                      for seed in range(20)]
+
+
+def test_confident_cells_are_never_sent_while_doubtful_ones_remain() -> None:
+    decision, routings = route_sure(budget=3)
+    assert not decision.selected.any()                           # kNN held all three back
+    assert decision.confident.tolist() == [False] * 5 + [True] * 3
+    for routing in routings:  # random scores: whatever the draw, the doubtful three go
+        assert sorted(routing.review_rows.tolist()) == [2, 3, 4]
+    _, routings = route_sure(budget=3, diversity="kmeans")
+    assert all(sorted(r.review_rows.tolist()) == [2, 3, 4] for r in routings)
+
+
+def test_confident_cells_fill_the_batch_only_after_every_doubtful_one() -> None:
+    _, routings = route_sure(budget=4, strategy="least-confidence")
+    routing = routings[0]
+    assert routing.review_rows.tolist() == [2, 3, 4, 5]  # 1 - max p: .45 .40 .30, then .05
+    assert routing.moves[3].reason == (
+        "least-confidence 0.05, rank 1 of 3 confident candidates (p=0.950 passes its class "
+        "threshold 0.9; no doubtful candidate left)")
+    assert routing.moves[0].reason == "least-confidence 0.45, rank 1 of 3 candidates"
+
+
+def test_min_uncertainty_floor_keeps_sure_cells_out() -> None:
+    # 1 - max p: rows 2-4 .45 .40 .30, rows 5-7 .05 .03 .01; the floor .35 leaves rows 2 and 3
+    _, routings = route_sure(budget=10, strategy="least-confidence", min_uncertainty=0.35)
+    assert routings[0].review_rows.tolist() == [2, 3]
+    _, routings = route_sure(budget=10, strategy="least-confidence", min_uncertainty=0.3)
+    assert routings[0].review_rows.tolist() == [2, 3, 4]  # .30 is not below the floor
+
+
+def test_max_review_caps_the_outstanding_queue() -> None:
+    queued = [*SURE_ROWS, row(8, "review"), row(9, "review")]  # two sent earlier, unanswered
+    probs = np.vstack([SURE_PROBS, [[0.5, 0.5], [0.5, 0.5]]])
+    emb = np.vstack([SURE_EMB, [[1, 1], [1, 1]]]).astype(np.float32)
+    snapshot = Snapshot(CLASSES, queued)
+
+    def routed(budget: int, max_review: int) -> list[int]:
+        cfg = with_overrides(config(knn_k=1, knn_agreement=1.0),
+                             route={"strategy": "least-confidence", "budget": budget,
+                                    "max_review": max_review})
+        decision = decide_pseudo_labels(cfg, snapshot, probs, emb)
+        return decide_routing(cfg, snapshot, probs, Scores(probs, emb), decision,
+                              rng=np.random.default_rng(0)).review_rows.tolist()
+
+    assert routed(budget=3, max_review=4) == [2, 3]     # 4 - 2 outstanding = 2 < budget 3
+    assert routed(budget=1, max_review=4) == [2]        # the budget binds first
+    assert routed(budget=3, max_review=2) == []         # queue full: nothing, never negative
+    assert routed(budget=3, max_review=1) == []         # over the cap (lowered since): nothing
+    assert routed(budget=3, max_review=200) == [2, 3, 4]
