@@ -24,6 +24,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import re
 import struct
@@ -283,7 +284,50 @@ def _read_meta(meta_path: Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_META_KEYS if key not in meta]
     if missing:
         raise ModelError(f"{meta_path} is missing {', '.join(missing)}")
+    problem = _meta_problem(meta)
+    if problem:
+        raise ModelError(f"{meta_path}: {problem}; it was not written by sslall or was edited")
     return meta
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _meta_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with a sidecar's values (types and sane ranges), or None."""
+    from sslall.config import config_from_dict
+    from sslall.errors import ConfigError
+
+    size = meta["image_size"]
+    if not (isinstance(size, int) and not isinstance(size, bool) and 16 <= size <= 1024):
+        return f"image_size {size!r} is not a whole number of pixels in [16, 1024]"
+    for key in ("mean", "std"):
+        v = meta[key]
+        if not (isinstance(v, list) and len(v) == 3 and all(_number(x) for x in v)):
+            return f"{key} {v!r} is not a list of 3 numbers"
+    if not all(x > 0 for x in meta["std"]):
+        return f"std {meta['std']!r} has a value that is not positive"
+    if not (_number(meta["temperature"]) and meta["temperature"] > 0):
+        return f"temperature {meta['temperature']!r} is not a positive number"
+    if not (isinstance(meta["round"], int) and not isinstance(meta["round"], bool)
+            and meta["round"] >= 0):
+        return f"round {meta['round']!r} is not a round number"
+    if not isinstance(meta["backbone"], str):
+        return f"backbone {meta['backbone']!r} is not a name"
+    pixels = meta.get("max_pixels", 1)
+    if not (isinstance(pixels, int) and not isinstance(pixels, bool) and pixels > 0):
+        return f"max_pixels {pixels!r} is not a positive whole number"
+    if not isinstance(meta["classes"], list):
+        return f"classes {meta['classes']!r} is not a list of class names"
+    raw: dict[str, Any] = {"classes": meta["classes"]}
+    if meta.get("preprocess") is not None:
+        raw["preprocess"] = meta["preprocess"]
+    try:
+        config_from_dict(raw)
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def _plain_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
