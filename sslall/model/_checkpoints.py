@@ -175,8 +175,8 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
     Raises:
         NotFoundError: the folder or one of the two files does not exist.
-        ModelError: a pickle, a damaged file, meta without a required key, or weights that are
-            not the ones the meta was written with.
+        ModelError: a pickle, a damaged file, meta without a required key or with an
+            impossible value, or weights that are not the ones the meta was written with.
     """
     weights_path, meta_path = _checkpoint_paths(Path(path))
     for needed in (weights_path, meta_path):
@@ -190,6 +190,9 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
             f"{weights_path} does not match {meta_path.name} (sha256 differs); the checkpoint "
             "was modified or written by an interrupted save"
         )
+    problem = _meta_problem(meta)  # after the weights: a pickle is refused as a pickle first
+    if problem:
+        raise ModelError(f"{meta_path}: {problem}; it was not written by sslall or was edited")
     return state, meta
 
 
@@ -284,9 +287,6 @@ def _read_meta(meta_path: Path) -> dict[str, Any]:
     missing = [key for key in REQUIRED_META_KEYS if key not in meta]
     if missing:
         raise ModelError(f"{meta_path} is missing {', '.join(missing)}")
-    problem = _meta_problem(meta)
-    if problem:
-        raise ModelError(f"{meta_path}: {problem}; it was not written by sslall or was edited")
     return meta
 
 
