@@ -335,6 +335,9 @@ def _connect_read_only(path: Path) -> sqlite3.Connection:
         return conn
     except sqlite3.OperationalError:
         conn.close()
+    except sqlite3.DatabaseError:
+        conn.close()
+        raise
     if os.access(path.parent, os.W_OK):
         raise sqlite3.OperationalError(f"unable to open {path} read-only")
     return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
