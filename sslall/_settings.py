@@ -14,6 +14,7 @@ Bottom layer: imports nothing of sslall but `sslall.errors`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -101,6 +102,9 @@ def check_value(key: str, value: Any, default: Any, spec: Setting) -> Any:
     Raises:
         ConfigError: the value does not fit, naming the key, what was given and what is allowed.
     """
+    # NaN passes every range test (each comparison is False) and inf is no setting's value.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(key, f"{value!r} is not a finite number")
     if spec.check is not None:
         return spec.check(key, value)
     if isinstance(default, tuple):

@@ -25,7 +25,9 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 CONFIG_NAME = "sslall.toml"
-CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}$")
+# Starts and ends with a non-space (a class name is a folder name; "L1 " and "L1" must not both
+# exist) and no newline: \Z, since $ would also match before a trailing newline.
+CLASS_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9 _.+-]{0,62}[A-Za-z0-9_.+-])?\Z")
 
 
 def _pseudo_weight(key: str, value: Any) -> Any:
@@ -269,7 +271,8 @@ def parse_classes(value: Any, key: str = "classes") -> tuple[str, ...]:
         if not CLASS_NAME.match(name):
             raise ConfigError(
                 key, f"class name {name!r} is not allowed",
-                "letters, digits, space, '_', '.', '+', '-'; up to 64 characters",
+                "letters, digits, space, '_', '.', '+', '-', no space at either end; up to 64 "
+                "characters",
             )
     return tuple(value)
 

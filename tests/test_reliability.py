@@ -213,6 +213,70 @@ def test_read_only_workspace_before_and_while_a_round_writes(template: Path,
     next_round_completes(ws)
 
 
+def test_read_commands_answer_on_a_read_only_workspace(template: Path, tmp_path: Path) -> None:
+    """status, check, review export, report and predict open the store read-only: on a
+    read-only workspace (a read-only bind mount as root) each answers, and nothing changes."""
+    if os.geteuid() == 0:
+        _root_mounts_or_skip(tmp_path)
+    ws = copy_ws(template, tmp_path)
+    next_round_completes(ws)
+    before = sample_rows(ws)
+    cell = next((ws.parent / "cells").rglob("*.png"))
+    out = tmp_path / "out"
+    out.mkdir()
+    with read_only(ws):
+        status = sslall("status", "-w", ws, "--json")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["rounds"][0]["round"] == 1
+        for args in (["check"], ["review", "export", "--csv", out / "queue.csv"],
+                     ["report", "--out", out / "report.html"], ["predict", cell, "--json"]):
+            done = sslall(*args, "-w", ws)
+            assert done.returncode == 0 and "Traceback" not in done.stderr, (args, done.stderr)
+    assert (out / "queue.csv").read_text().startswith("sample_id,")
+    assert (out / "report.html").stat().st_size > 0
+    assert sample_rows(ws) == before
+    assert_sound(ws)
+
+
+def test_disk_full_while_add_imports(template: Path, tmp_path: Path) -> None:
+    """A real 4 MiB tmpfs holds the workspace and fills up: `sslall add` is one line naming the
+    full disk (not "unexpected"), the store stays sound, and once space is freed the same add
+    imports everything."""
+    if os.geteuid() != 0:
+        pytest.skip("a size-limited filesystem (tmpfs) needs root to mount")
+    _root_mounts_or_skip(tmp_path)
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    _mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk))
+    try:
+        ws = copy_ws(template, disk)
+        before = sample_rows(ws)
+        new = tmp_path / "new"
+        for i in range(40):
+            write_image(new / f"n{i}.png", 500 + i, size=32)
+        # While a reader holds the store open (its WAL index exists) the import's first batch
+        # cannot be written; once it closes, SQLite cannot even make the index to open it.
+        reader = PoolStore(ws / "pools" / "pools.db")
+        filler = _fill(disk)
+        for first in (True, False):
+            failed = sslall("add", "unlabeled", new, "-w", ws, "--workers", "1")
+            reader.close()
+            assert failed.returncode == 1
+            line = one_error_line(failed)
+            assert "disk is full" in line, line
+            assert ("the import stopped" if first else "cannot open the pool store") in line
+            assert "unexpected" not in line, line
+            assert sample_rows(ws) == before
+        filler.unlink()
+        assert_sound(ws)
+        again = sslall("add", "unlabeled", new, "-w", ws, "--workers", "1", "--json")
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["added"] == {"unlabeled": 40}
+        assert_sound(ws)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
 # -- security ---------------------------------------------------------------------------------
 
 

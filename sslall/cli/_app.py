@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 failure, 2 usage error (arguments, config, manifest, input),
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -80,7 +81,13 @@ def init(
     parsed = parse_classes(classes, key="--classes")
     config = with_overrides(Config(classes=parsed), model={"backbone": backbone,
                                                              "image_size": image_size})
-    ws = create_workspace(directory, config)
+    if os.path.lexists(directory) and not directory.is_dir():
+        raise UsageError(f"cannot create a workspace at {directory}: it exists and is not a folder")
+    try:
+        ws = create_workspace(directory, config)
+    except OSError as exc:  # a file where a parent folder should be, no permission, disk full
+        raise UsageError(f"cannot create a workspace at {directory}: "
+                         f"{exc.strerror or exc}") from None
     root = ws.root
     say(f"created workspace {root} with classes {', '.join(parsed)} "
         f"(backbone {config.model.backbone}, {config.model.image_size} px)")
@@ -132,6 +139,8 @@ def add(
         say(f"{report.already_present} already present (no-op)")
     if report.promoted:
         say(f"{report.promoted} moved from unlabeled to labeled by their new label")
+    if report.released:
+        say(f"{len(report.released)} released from quarantine (re-added; their history is kept)")
     for what, rows in (("duplicate", report.duplicates), ("conflict", report.conflicts),
                        ("quarantined", report.quarantined)):
         if rows:
@@ -144,7 +153,7 @@ def add(
 
 def status_data(ws: Workspace, config: Config) -> dict:
     """Everything `sslall status` shows, as JSON-ready data."""
-    with PoolStore(ws.db_path) as store:
+    with PoolStore(ws.db_path, read_only=True) as store:
         counts = store.counts()
         rounds = store.rounds()
         last = store.last_round()
@@ -231,7 +240,7 @@ def check(
     from sslall.store._integrity import check_store
 
     ws, config = open_workspace(workspace)
-    with PoolStore(ws.db_path) as store:
+    with PoolStore(ws.db_path, read_only=True) as store:
         total = sum(store.pool_sizes().values())
         with progress_bar("hashing files", total if files else 0) as update:
             violations = check_store(store, config.classes, files=files, progress=update)

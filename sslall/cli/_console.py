@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as Bars
 
@@ -28,17 +29,30 @@ from sslall.config import Config
 from sslall.errors import EXIT_FAILURE, SslallError
 from sslall.workspace import Workspace, find_workspace
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Markup is off: every string printed is shown as given, so a label, class, file name or path
+# holding "[/red]" prints as text instead of raising MarkupError. Styled prefixes are built with
+# `styled`, which escapes what it is given.
+console = Console(highlight=False, soft_wrap=True, markup=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 log = logging.getLogger("sslall")
 log.addHandler(logging.NullHandler())  # the CLI prints errors itself; no lastResort echo
+
+
+def _json_mode(value: bool) -> bool:
+    """The `--json` flag's callback: JSON alone goes to stdout, so every human line and table
+    printed through `console` goes to stderr instead."""
+    if value:
+        console.stderr = True
+    return value
+
 
 WorkspaceOption = Annotated[
     Path | None,
     typer.Option("--workspace", "-w", help="Workspace folder (else $SSLALL_WORKSPACE, else "
                  "searched upward from the current folder).", show_default=False),
 ]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.",
+                                        callback=_json_mode)]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,6 +64,13 @@ _FLAGS: ContextVar[dict[str, bool] | None] = ContextVar("sslall_cli_flags", defa
 
 def set_flags(**flags: bool) -> None:
     _FLAGS.set(dict(flags))
+    console.stderr = False
+
+
+def styled(style: str, prefix: str, message: str) -> str:
+    """Markup for `prefix` in `style` followed by `message` shown literally (print it with
+    markup=True)."""
+    return f"[{style}]{escape(prefix)}[/{style}] {escape(message)}"
 
 
 def _state() -> dict[str, bool]:
@@ -73,7 +94,7 @@ def cli_errors(fn: F) -> F:
             if _state().get("debug"):
                 raise
             log.error("%s", exc)
-            err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            err_console.print(styled("red", "error:", str(exc)), markup=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; nothing half-written was kept")
@@ -82,10 +103,9 @@ def cli_errors(fn: F) -> F:
             if _state().get("debug"):
                 raise
             log.exception("unexpected error")
-            err_console.print(
-                f"[red]error:[/red] unexpected {type(exc).__name__}: {exc} "
-                "(run with --debug for the traceback; please report it)"
-            )
+            err_console.print(styled(
+                "red", "error:", f"unexpected {type(exc).__name__}: {exc} "
+                "(run with --debug for the traceback; please report it)"), markup=True)
             raise typer.Exit(EXIT_FAILURE) from None
 
     return wrapper  # type: ignore[return-value]
@@ -107,13 +127,13 @@ def say(message: str) -> None:
     """A line for a person; silent under --quiet (it still goes to the log)."""
     log.info("%s", message)
     if not is_quiet():
-        console.print(message, markup=True, highlight=False)
+        console.print(message)
 
 
 def warn(message: str) -> None:
     """A warning line on stderr (silent under --quiet); the library has logged it already."""
     if not is_quiet():
-        err_console.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+        err_console.print(styled("yellow", "warning:", message), markup=True)
 
 
 @contextmanager

@@ -258,7 +258,7 @@ def review_export(
     from sslall.store._review_csv import export_review
 
     ws, _ = open_workspace(workspace)
-    with PoolStore(ws.db_path) as store:
+    with PoolStore(ws.db_path, read_only=True) as store:
         n = export_review(store, csv_path)
     say(f"wrote {n} review rows to {csv_path}")
 

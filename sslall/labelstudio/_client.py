@@ -154,13 +154,16 @@ class LabelStudioClient:
                        f"while {what}")
         except httpx.HTTPError as exc:
             message = f"Label Studio at {self.url} failed while {what} ({type(exc).__name__})"
-        except (pydantic.ValidationError, json.JSONDecodeError, KeyError, TypeError):
+        except (pydantic.ValidationError, ValueError, KeyError, TypeError, AttributeError):
             message = (f"{self.url} does not look like a Label Studio server (unexpected answer "
                        f"while {what})")
         raise LabelStudioError(self._scrub(message)) from None
 
     def _api_error(self, what: str, exc: Any, not_found: str | None) -> str:
         code = getattr(exc, "status_code", None)
+        if isinstance(code, int) and 200 <= code < 300:  # a success the SDK could not read
+            return (f"{self.url} does not look like a Label Studio server (unexpected answer "
+                    f"while {what})")
         if code in (401, 403):
             return (f"Label Studio at {self.url} refused the API key (HTTP {code}); check "
                     f"${ENV_API_KEY} or labelstudio.api_key_file")
@@ -183,27 +186,26 @@ class LabelStudioClient:
     def check(self) -> None:
         """The server answers as Label Studio, and accepts the key."""
         self._call("reading its version", lambda: self.sdk.versions.get())
-        self._call("checking the API key", lambda: self.sdk.users.whoami())
+        # A server that answers {} to everything passes the SDK's parsing with empty fields.
+        self._call("checking the API key", lambda: int(self.sdk.users.whoami().id))
 
     def find_project(self, project: str) -> tuple[int, str] | None:
         """(id, label config) of a project given by id or title; None for an unknown title."""
         if project.isdigit():
             missing = (f"Label Studio project {project} does not exist at {self.url}; set "
                        "labelstudio.project to an existing id, or to a title")
-            p = self._call("reading the project", lambda: self.sdk.projects.get(id=int(project)),
-                           not_found=missing)
-            return int(p.id), p.label_config or ""
+            return self._call("reading the project", lambda: _id_and_config(
+                self.sdk.projects.get(id=int(project))), not_found=missing)
         found = self._call("listing projects", lambda: [
-            (int(p.id), p.label_config or "") for p in self.sdk.projects.list(page_size=100)
+            _id_and_config(p) for p in self.sdk.projects.list(page_size=100)
             if p.title == project])
         return min(found) if found else None
 
     def create_project(self, title: str, classes: tuple[str, ...], *, cam: bool = False) -> int:
-        p = self._call("creating the project", lambda: self.sdk.projects.create(
+        return self._call("creating the project", lambda: int(self.sdk.projects.create(
             title=title, label_config=label_config(classes, cam=cam),
             description="Cells sslall is least sure about; the model's guess is pre-selected.",
-            show_skip_button=True))
-        return int(p.id)
+            show_skip_button=True).id))
 
     def set_label_config(self, project_id: int, xml: str) -> None:
         """Replace a project's labelling config (adding the overlay field keeps its tasks)."""
@@ -241,10 +243,9 @@ class LabelStudioClient:
     def import_tasks(self, project_id: int, tasks: list[dict]) -> list[int]:
         """Create tasks (with their predictions); returns their ids in request order."""
         # No retry: a retried create after a dropped answer would make the tasks twice.
-        response = self._call("creating tasks", lambda: self.sdk.projects.import_tasks(
-            id=project_id, request=tasks, return_task_ids=True,
-            request_options={"max_retries": 0}))
-        return [int(i) for i in (response.task_ids or [])]
+        return self._call("creating tasks", lambda: [int(i) for i in (
+            self.sdk.projects.import_tasks(id=project_id, request=tasks, return_task_ids=True,
+                                           request_options={"max_retries": 0}).task_ids or [])])
 
     def tasks(self, project_id: int, *, annotated: bool, full: bool = False,
               page_size: int = 100) -> Iterator[tuple[int, dict, list[dict]]]:
@@ -258,11 +259,14 @@ class LabelStudioClient:
         fields = {"fields": "all"} if full else {"fields": "task_only", "include": "id,data"}
         pager = self._call("listing tasks", lambda: iter(self.sdk.tasks.list(
             project=project_id, query=query, page_size=page_size, **fields)))
-        while True:
-            task = self._call("listing tasks", lambda: next(pager, None))
+        def one() -> tuple[int, dict, list[dict]] | None:
+            task = next(pager, None)
             if task is None:
-                return
-            yield int(task.id), dict(task.data or {}), list(task.annotations or []) if full else []
+                return None
+            return int(task.id), dict(task.data or {}), list(task.annotations or []) if full else []
+
+        while (row := self._call("listing tasks", one)) is not None:
+            yield row
 
     def user_names(self) -> dict[int, str]:
         """Annotator names by user id (email, else username)."""
@@ -337,6 +341,11 @@ def _read_choice(result: Sequence[Any], classes: tuple[str, ...]) -> tuple[str, 
     if chosen[0] not in classes:
         return "", f"{chosen[0]!r} is not a class (allowed: {', '.join(classes)})"
     return chosen[0], None
+
+
+def _id_and_config(project: Any) -> tuple[int, str]:
+    """(id, label config) of a project the server described (TypeError if it has no id)."""
+    return int(project.id), project.label_config or ""
 
 
 def _json_or_text(response: Any) -> Any:

@@ -24,6 +24,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import math
 import os
 import re
 import struct
@@ -174,8 +175,8 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
     Raises:
         NotFoundError: the folder or one of the two files does not exist.
-        ModelError: a pickle, a damaged file, meta without a required key, or weights that are
-            not the ones the meta was written with.
+        ModelError: a pickle, a damaged file, meta without a required key or with an
+            impossible value, or weights that are not the ones the meta was written with.
     """
     weights_path, meta_path = _checkpoint_paths(Path(path))
     for needed in (weights_path, meta_path):
@@ -189,6 +190,9 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
             f"{weights_path} does not match {meta_path.name} (sha256 differs); the checkpoint "
             "was modified or written by an interrupted save"
         )
+    problem = _meta_problem(meta)  # after the weights: a pickle is refused as a pickle first
+    if problem:
+        raise ModelError(f"{meta_path}: {problem}; it was not written by sslall or was edited")
     return state, meta
 
 
@@ -284,6 +288,46 @@ def _read_meta(meta_path: Path) -> dict[str, Any]:
     if missing:
         raise ModelError(f"{meta_path} is missing {', '.join(missing)}")
     return meta
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _meta_problem(meta: dict[str, Any]) -> str | None:
+    """What is wrong with a sidecar's values (types and sane ranges), or None."""
+    from sslall.config import config_from_dict
+    from sslall.errors import ConfigError
+
+    size = meta["image_size"]
+    if not (isinstance(size, int) and not isinstance(size, bool) and 16 <= size <= 1024):
+        return f"image_size {size!r} is not a whole number of pixels in [16, 1024]"
+    for key in ("mean", "std"):
+        v = meta[key]
+        if not (isinstance(v, list) and len(v) == 3 and all(_number(x) for x in v)):
+            return f"{key} {v!r} is not a list of 3 numbers"
+    if not all(x > 0 for x in meta["std"]):
+        return f"std {meta['std']!r} has a value that is not positive"
+    if not (_number(meta["temperature"]) and meta["temperature"] > 0):
+        return f"temperature {meta['temperature']!r} is not a positive number"
+    if not (isinstance(meta["round"], int) and not isinstance(meta["round"], bool)
+            and meta["round"] >= 0):
+        return f"round {meta['round']!r} is not a round number"
+    if not isinstance(meta["backbone"], str):
+        return f"backbone {meta['backbone']!r} is not a name"
+    pixels = meta.get("max_pixels", 1)
+    if not (isinstance(pixels, int) and not isinstance(pixels, bool) and pixels > 0):
+        return f"max_pixels {pixels!r} is not a positive whole number"
+    if not isinstance(meta["classes"], list):
+        return f"classes {meta['classes']!r} is not a list of class names"
+    raw: dict[str, Any] = {"classes": meta["classes"]}
+    if meta.get("preprocess") is not None:
+        raw["preprocess"] = meta["preprocess"]
+    try:
+        config_from_dict(raw)
+    except ConfigError as exc:
+        return str(exc)
+    return None
 
 
 def _plain_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -41,7 +41,7 @@ class Prediction:
 
 def latest_checkpoint(ws: Workspace) -> Path:
     """The checkpoint of the last committed round (the store, not the folder listing, decides)."""
-    with PoolStore(ws.db_path) as store:
+    with PoolStore(ws.db_path, read_only=True) as store:
         last = store.last_round()
     if last == 0:
         raise NotFoundError("no round has finished yet, so there is no checkpoint; run "

@@ -58,7 +58,7 @@ def build_report(ws: Workspace, config: Config, *, tsne_max: int = MAX_POINTS,
     """The report's HTML (see the module docstring)."""
     say = progress or (lambda *_: None)
     classes = list(config.classes)
-    with PoolStore(ws.db_path) as store:
+    with PoolStore(ws.db_path, read_only=True) as store:
         rounds = store.rounds()
         counts = store.counts()
         duplicates = store.duplicates()

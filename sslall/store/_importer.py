@@ -11,8 +11,8 @@ where it stopped.
 
 from __future__ import annotations
 
-import csv
 import os
+import sqlite3
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -24,7 +24,8 @@ from pathlib import Path
 from sslall._fsutil import sha256_file
 from sslall._progress import Progress
 from sslall.data._images import IMAGE_SUFFIXES, UnreadableImage, inspect_image
-from sslall.errors import InputError, NotFoundError, UsageError
+from sslall.errors import InputError, NotFoundError, SslallError, UsageError
+from sslall.store._csvtext import read_table
 from sslall.store._holdout import HoldoutPlanner
 from sslall.store._pools import PoolStore
 from sslall.store._records import Move, NewSample
@@ -54,6 +55,7 @@ class ImportReport:
     conflicts: list[tuple[str, str]] = field(default_factory=list)
     quarantined: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    released: list[tuple[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {
@@ -63,6 +65,7 @@ class ImportReport:
             "conflicts": [{"path": p, "detail": d} for p, d in self.conflicts],
             "quarantined": [{"path": p, "reason": r} for p, r in self.quarantined],
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "released": [{"path": p, "pool": q} for p, q in self.released],
         }
 
 
@@ -78,6 +81,13 @@ def list_source(source: Path, pool: str, classes: Sequence[str]) -> list[Entry]:
         entries = list(_walk_folder(source, pool, classes))
     else:
         raise InputError(f"source {source} is neither a folder nor a CSV manifest")
+    if pool == "unlabeled":
+        labelled = [e.path for e in entries if e.label is not None]
+        if labelled:
+            raise InputError(
+                f"{len(labelled)} entries have a label, e.g. {labelled[0]!r}, but the unlabeled "
+                "pool takes none: add them to labeled, or remove the label column"
+            )
     if pool in ("labeled", "holdout"):
         unlabeled = [e.path for e in entries if e.label is None]
         if unlabeled:
@@ -94,7 +104,19 @@ def _walk_folder(root: Path, pool: str, classes: Sequence[str]) -> Iterator[Entr
         for entry in _walk_images(root):
             yield Entry(entry, None, None)
         return
-    subdirs = sorted(d.name for d in os.scandir(root) if d.is_dir(follow_symlinks=False))
+    with os.scandir(root) as listing:
+        top = list(listing)
+    # A symlink to a folder counts as a class folder (and is imported); an image beside the
+    # class folders has no class, so the whole import is refused rather than skipping it.
+    subdirs = sorted(d.name for d in top if d.is_dir())
+    loose = sorted(d.name for d in top
+                   if not d.is_dir() and Path(d.name).suffix.lower() in IMAGE_SUFFIXES)
+    if loose:
+        raise InputError(
+            f"folder {root} has {len(loose)} image(s) outside the class sub-folders, e.g. "
+            f"{loose[0]!r}; a {pool} image's class is its sub-folder: move them into one, or "
+            "add them to unlabeled"
+        )
     unknown = [d for d in subdirs if d not in classes]
     if unknown:
         raise InputError(
@@ -126,48 +148,42 @@ def _read_manifest(path: Path, classes: Sequence[str]) -> Iterator[Entry]:
     except OSError as exc:
         raise InputError(f"cannot read manifest {path}: {exc.strerror}") from None
     with handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        if "path" not in columns:
+        columns, rows = read_table(handle, f"manifest {path.name}")
+    if "path" not in columns:
+        raise InputError(
+            f"manifest {path.name} has no 'path' column (columns: {', '.join(columns) or 'none'}; "
+            "expected path and optionally label, patient)"
+        )
+    extra = [c for c in columns if c not in ("path", "label", "patient")]
+    if extra:
+        raise InputError(
+            f"manifest {path.name} has unknown column(s) {extra} (allowed: path, label, patient)"
+        )
+    seen: dict[str, int] = {}
+    for line, row in rows:
+        raw = (row.get("path") or "").strip()
+        if not raw:
+            raise InputError(f"manifest {path.name} line {line}: empty path")
+        label = (row.get("label") or "").strip() or None
+        if label is not None and label not in classes:
             raise InputError(
-                f"manifest {path.name} has no 'path' column (columns: {', '.join(columns) or 'none'}; "
-                "expected path and optionally label, patient)"
+                f"manifest {path.name} line {line}: label {label!r} is not a class "
+                f"(allowed: {', '.join(classes)})"
             )
-        extra = [c for c in columns if c not in ("path", "label", "patient")]
-        if extra:
+        full = Path(raw) if Path(raw).is_absolute() else root / raw
+        if not full.resolve().is_relative_to(root):
             raise InputError(
-                f"manifest {path.name} has unknown column(s) {extra} (allowed: path, label, patient)"
+                f"manifest {path.name} line {line}: path {raw!r} is outside the "
+                f"manifest's folder {root}"
             )
-        seen: dict[str, int] = {}
-        try:
-            for line, row in enumerate(reader, start=2):
-                raw = (row.get("path") or "").strip()
-                if not raw:
-                    raise InputError(f"manifest {path.name} line {line}: empty path")
-                label = (row.get("label") or "").strip() or None
-                if label is not None and label not in classes:
-                    raise InputError(
-                        f"manifest {path.name} line {line}: label {label!r} is not a class "
-                        f"(allowed: {', '.join(classes)})"
-                    )
-                full = Path(raw) if Path(raw).is_absolute() else root / raw
-                if not full.resolve().is_relative_to(root):
-                    raise InputError(
-                        f"manifest {path.name} line {line}: path {raw!r} is outside the "
-                        f"manifest's folder {root}"
-                    )
-                full_str = os.path.abspath(full)
-                if full_str in seen:
-                    raise InputError(
-                        f"manifest {path.name} line {line}: path {raw!r} is already on line "
-                        f"{seen[full_str]}; list each file once"
-                    )
-                seen[full_str] = line
-                yield Entry(full_str, label, (row.get("patient") or "").strip() or None)
-        except csv.Error as exc:
-            raise InputError(f"manifest {path.name} is not valid CSV: {exc}") from None
-        except UnicodeDecodeError:
-            raise InputError(f"manifest {path.name} is not UTF-8 text") from None
+        full_str = os.path.abspath(full)
+        if full_str in seen:
+            raise InputError(
+                f"manifest {path.name} line {line}: path {raw!r} is already on line "
+                f"{seen[full_str]}; list each file once"
+            )
+        seen[full_str] = line
+        yield Entry(full_str, label, (row.get("patient") or "").strip() or None)
 
 
 def examine(path: str, max_pixels: int) -> tuple[str, str | None]:
@@ -242,10 +258,26 @@ def import_entries(
     planner = HoldoutPlanner(entries, holdout_fraction, seed) if holdout_fraction else None
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     report = ImportReport()
+    try:
+        _import(store, entries, pool, max_pixels, planner, workers, progress, step, total, report)
+    except sqlite3.OperationalError as exc:  # a full disk, a read-only workspace
+        raise SslallError(
+            f"the import stopped: the pool store cannot be written ({exc}); the batches "
+            "committed so far are kept, run the same `sslall add` again to import the rest"
+        ) from None
+    return report
+
+
+def _import(store: PoolStore, entries: Iterable[Entry], pool: str, max_pixels: int,
+            planner: HoldoutPlanner | None, workers: int, progress: Progress | None, step: str,
+            total: int, report: ImportReport) -> None:
+    quarantined = store.quarantined_paths()
     batch: list[NewSample] = []
     batch_ids: dict[str, str] = {}
     done = 0
     for entry, sid, reason in _examined(entries, max_pixels, workers):
+        if pool == "unlabeled" and entry.label is not None:
+            raise UsageError(f"{entry.path}: the unlabeled pool takes no label")
         target = "quarantine" if reason else pool
         if planner is not None and target == pool and planner.is_holdout(entry):
             target = "holdout"
@@ -253,7 +285,7 @@ def import_entries(
             report.duplicates.append((entry.path, batch_ids[sid]))
             store.record_alias(entry.path, sid, entry.label)
         else:
-            new = _reconcile(store, report, entry, sid, target, reason)
+            new = _reconcile(store, report, entry, sid, target, reason, quarantined)
             if new is not None:
                 batch.append(new)
                 batch_ids[sid] = entry.path
@@ -263,17 +295,23 @@ def import_entries(
         if progress:
             progress(step, done, total)
     _flush(store, batch, batch_ids, report)
-    return report
 
 
 def _reconcile(store: PoolStore, report: ImportReport, entry: Entry, sid: str, target: str,
-               reason: str | None) -> NewSample | None:
-    """Decide what an examined file becomes: new, no-op, duplicate, conflict or promotion."""
+               reason: str | None, quarantined: dict[str, str]) -> NewSample | None:
+    """Decide what an examined file becomes: new, no-op, duplicate, conflict, promotion, or the
+    release of its quarantined row (one file is one sample, whatever its history)."""
     existing = store.get(sid)
     if existing is None:
         if reason:
             report.quarantined.append((entry.path, reason))
-        return NewSample(sid, entry.path, target, entry.label, entry.patient, reason)
+        new = NewSample(sid, entry.path, target, entry.label, entry.patient, reason)
+        old = quarantined.pop(entry.path, None)
+        if old is None:
+            return new
+        store.replace_quarantined(old, new, round_no=store.last_round())
+        report.released.append((entry.path, target))
+        return None
     if existing.path == entry.path:
         report.already_present += 1
     else:

@@ -11,6 +11,7 @@ The rows it reads and the moves it takes are in `sslall.store._records`, its tab
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -37,18 +38,46 @@ _SAMPLE_COLUMNS = ", ".join(Sample.__dataclass_fields__)
 class PoolStore:
     """The SQLite pool store of one workspace."""
 
-    def __init__(self, path: Path, *, create: bool = False) -> None:
+    def __init__(self, path: Path, *, create: bool = False, read_only: bool = False) -> None:
+        """Open (or with `create`, make) the store; `read_only` opens it without ever writing,
+        so read commands answer on a read-only workspace.
+
+        Raises:
+            UsageError: there is no store at `path`.
+            IntegrityError: the file is not an SQLite database, or a damaged one.
+            SslallError: SQLite cannot open it (a full disk cannot hold the WAL index).
+        """
         if not create and not Path(path).is_file():
             raise UsageError(f"no pool store at {path}; is this a workspace made by `sslall init`?")
         self.path = Path(path)
+        self.read_only = read_only and not create
+        self.conn = self._open(create)
+
+    def _open(self, create: bool) -> sqlite3.Connection:
+        conn = None
         try:
-            self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
+            if self.read_only:
+                conn = _connect_read_only(self.path)
+            else:
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            ensure_schema(conn, self.path, create=create)
+            return conn
         except sqlite3.OperationalError as exc:  # e.g. a full disk cannot hold the WAL index
-            raise SslallError(f"cannot open the pool store {path}: {exc}") from None
-        self.conn.execute("PRAGMA synchronous=FULL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
-        ensure_schema(self.conn, self.path, create=create)
+            reason: SslallError = SslallError(
+                f"cannot open the pool store {self.path}: {exc}{_full_disk(self.path)}")
+        except sqlite3.DatabaseError as exc:  # not a database, truncated, malformed
+            reason = IntegrityError(f"the store is damaged: {self.path} is not a sound SQLite "
+                                    f"database ({exc}); restore it from a backup")
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        if conn is not None:
+            conn.close()
+        raise reason
 
     def close(self) -> None:
         self.conn.close()
@@ -160,6 +189,41 @@ class PoolStore:
                     " VALUES (?, ?, ?, ?)", (s.path, s.id, s.label, now),
                 )
 
+    def quarantined_paths(self) -> dict[str, str]:
+        """{path: sample id} of the quarantined samples (an import looks its files up here)."""
+        return dict(self.conn.execute("SELECT path, id FROM samples WHERE pool = 'quarantine'"))
+
+    def replace_quarantined(self, old_id: str, new: NewSample, *, round_no: int = 0,
+                            actor: str = "import") -> None:
+        """Re-adding a quarantined file: its row takes the file's new id, pool, label and
+        reason, so one file stays one sample. Its events move to the new id and one event
+        (quarantine -> new pool) records the release, so the log still replays.
+
+        Raises:
+            IntegrityError: `old_id` is not in quarantine, or `new.id` is already stored.
+        """
+        now = utc_now()
+        with self.transaction():
+            row = self.conn.execute("SELECT pool FROM samples WHERE id = ?", (old_id,)).fetchone()
+            if row is None or row[0] != "quarantine":
+                raise IntegrityError(f"sample {old_id[:12]} is not in quarantine")
+            if new.id != old_id and self.get(new.id) is not None:
+                raise IntegrityError(f"sample {new.id[:12]} is already stored")
+            for table in ("events", "aliases", "conflicts", "labelstudio_tasks"):
+                self.conn.execute(f"UPDATE {table} SET sample_id = ? WHERE sample_id = ?",
+                                  (new.id, old_id))
+            source = actor if new.label is not None else None
+            self.conn.execute(
+                "UPDATE samples SET id = ?, path = ?, pool = ?, label = ?, label_source = ?,"
+                " confidence = NULL, prediction = NULL, weight = 1.0, patient = ?, round = ?,"
+                " reason = ?, updated_at = ? WHERE id = ?",
+                (new.id, new.path, new.pool, new.label, source, new.patient, round_no, new.reason,
+                 now, old_id),
+            )
+            reason = f"re-added: {new.reason}" if new.reason else "re-added, readable again"
+            self._event(now, round_no, new.id, "quarantine", new.pool, new.label, None, reason,
+                        actor)
+
     def record_alias(self, path: str, sample_id: str, label: str | None) -> None:
         """Remember another path holding the bytes of a stored sample (a duplicate)."""
         self.conn.execute(
@@ -249,6 +313,34 @@ class PoolStore:
             return self.conn.execute(sql + " WHERE sample_id = ? ORDER BY seq",
                                      (sample_id,)).fetchall()
         return self.conn.execute(sql + " ORDER BY seq").fetchall()
+
+
+def _full_disk(path: Path) -> str:
+    """" (the disk is full)" when the store's filesystem has no free block: SQLite names a full
+    disk "disk I/O error" when it cannot make its WAL index."""
+    try:
+        return " (the disk is full)" if os.statvfs(path.parent).f_bavail == 0 else ""
+    except OSError:
+        return ""
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that never writes. A WAL database opened read-only needs its -shm file, which
+    a read-only folder cannot hold; then the file is opened as immutable (nothing else can be
+    writing to a read-only folder)."""
+    uri = path.resolve().as_uri()
+    conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+    except sqlite3.DatabaseError:
+        conn.close()
+        raise
+    if os.access(path.parent, os.W_OK):
+        raise sqlite3.OperationalError(f"unable to open {path} read-only")
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, isolation_level=None)
 
 
 class _Transaction:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sslall.errors import InputError, NotFoundError
+from sslall.store._csvtext import read_table
 from sslall.store._pools import PoolStore
 from sslall.store._records import Move, Sample
 
@@ -68,32 +69,32 @@ def import_review(store: PoolStore, source: Path, classes: tuple[str, ...], *,
     moves: list[Move] = []
     seen: set[str] = set()
     with source.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"sample_id", "label"} - set(reader.fieldnames or [])
-        if missing:
-            raise InputError(f"review file {source.name} lacks column(s) {sorted(missing)} "
-                             f"(columns: {', '.join(reader.fieldnames or [])})")
-        for line, row in enumerate(reader, start=2):
-            sid = (row.get("sample_id") or "").strip()
-            label = (row.get("label") or "").strip()
-            if not label:
-                report.pending += 1
-                continue
-            sample = store.get(sid)
-            if sample is None:
-                report.rejected.append(f"line {line}: unknown sample id {sid[:12]!r}")
-            elif sample.pool != "review" or sid in seen:
-                report.rejected.append(f"line {line}: sample {sid[:12]} is in {sample.pool}, "
-                                       "not review (already answered?)")
-            elif label == SKIP:
-                moves.append(answer_move(sample, None, source=actor, by="the reviewer"))
-                report.skipped += 1
-            elif label not in classes:
-                report.rejected.append(f"line {line}: label {label!r} is not a class "
-                                       f"(allowed: {', '.join(classes)}, or '{SKIP}')")
-            else:
-                moves.append(answer_move(sample, label, source=actor, by=actor))
-                report.labeled += 1
-            seen.add(sid)
+        columns, rows = read_table(handle, f"review file {source.name}")
+    missing = {"sample_id", "label"} - set(columns)
+    if missing:
+        raise InputError(f"review file {source.name} lacks column(s) {sorted(missing)} "
+                         f"(columns: {', '.join(columns)})")
+    for line, row in rows:
+        sid = (row.get("sample_id") or "").strip()
+        label = (row.get("label") or "").strip()
+        if not label:
+            report.pending += 1
+            continue
+        sample = store.get(sid)
+        if sample is None:
+            report.rejected.append(f"line {line}: unknown sample id {sid[:12]!r}")
+        elif sample.pool != "review" or sid in seen:
+            report.rejected.append(f"line {line}: sample {sid[:12]} is in {sample.pool}, "
+                                   "not review (already answered?)")
+        elif label == SKIP:
+            moves.append(answer_move(sample, None, source=actor, by="the reviewer"))
+            report.skipped += 1
+        elif label not in classes:
+            report.rejected.append(f"line {line}: label {label!r} is not a class "
+                                   f"(allowed: {', '.join(classes)}, or '{SKIP}')")
+        else:
+            moves.append(answer_move(sample, label, source=actor, by=actor))
+            report.labeled += 1
+        seen.add(sid)
     store.apply_moves(moves, round_no=store.last_round(), actor=actor)
     return report

@@ -89,13 +89,18 @@ def ensure_schema(conn: sqlite3.Connection, path: Path, *, create: bool) -> None
     """Create the tables (with `create`), check the schema version, add the newer tables.
 
     Raises:
-        IntegrityError: the store has no schema version, or another one than this sslall reads.
+        IntegrityError: the store has no sslall tables or schema version, or another version
+            than this sslall reads.
     """
     if create:
         conn.executescript(_SCHEMA)
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
                      (str(SCHEMA_VERSION),))
-    version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    try:
+        version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:  # an empty file, or another program's database
+        raise IntegrityError(f"the store is damaged: {path} has no sslall tables; restore it "
+                             "from a backup") from None
     if version is None or int(version[0]) != SCHEMA_VERSION:
         raise IntegrityError(
             f"pool store {path} has schema version {version and version[0]}, "

@@ -286,6 +286,8 @@ def test_a_round_trains_on_the_odd_images_and_never_reads_the_quarantined(ws: Pa
     before = status(runner, ws)
     result = invoke(runner, "round", "-w", ws, "--json")
     assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["round"] == 1            # stdout is the JSON alone
+    assert "round 1 recorded in" in result.stderr
     after = status(runner, ws)
     assert after["pools"]["quarantine"] == before["pools"]["quarantine"]
     with PoolStore(ws / "pools" / "pools.db") as store:
