@@ -20,6 +20,7 @@ it sends it to the other ranks, which train (DDP) and score their shards with it
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 import time
 from collections import Counter
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sslall._faults import fault_point
-from sslall._fsutil import sha256_file
+from sslall._fsutil import NotRegularFile, sha256_file
 from sslall._progress import Progress
 from sslall.config import Config
 from sslall.errors import SslallError, UsageError
@@ -44,12 +45,14 @@ from sslall.store._snapshot import Snapshot, take_snapshot
 from sslall.workspace import Workspace, round_lock
 
 if TYPE_CHECKING:
+    from sslall.decide._scores import Scores
     from sslall.model._learner import Calibration, Learner
 
 __all__ = ["RoundResult", "run_round"]
 
 log = logging.getLogger(__name__)
 ROUTING_ONLY = frozenset({"unlabeled->review"})  # move kinds that change no training data
+CHANGED_RETRIES = 3  # times a round verifies again after finding a file edited while it trains
 
 
 @dataclass
@@ -88,12 +91,18 @@ class RoundResult:
 
 
 def verify_files(snapshot: Snapshot, progress: Progress | None = None) -> Snapshot:
-    """Re-hash every file; a missing or changed one is quarantined, never trained on."""
-    kept, moves = [], []
+    """Re-hash every file; a missing or changed one is quarantined, never trained on.
+
+    The quarantine moves already in `snapshot` are kept. A fifo, socket or device where the
+    image was is refused without blocking (`changed-file`).
+    """
+    kept, moves = [], list(snapshot.quarantine)
     for i, s in enumerate(snapshot.rows):
         try:
             ok = sha256_file(s.path) == s.id
             reason = "changed-file: the file's bytes changed since import"
+        except NotRegularFile as exc:
+            ok, reason = False, f"changed-file: the file {exc.strerror}"
         except OSError as exc:
             ok, reason = False, f"missing-file: {exc.strerror}"
         if ok:
@@ -106,10 +115,11 @@ def verify_files(snapshot: Snapshot, progress: Progress | None = None) -> Snapsh
 
 
 @contextmanager
-def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+def _timed(seconds: dict[str, float], step: str, *, pause: bool = True) -> Iterator[None]:
     start = time.perf_counter()
     log.info("round step %s", step)
-    fault_point(step)
+    if pause:
+        fault_point(step)
     try:
         yield
     finally:
@@ -146,7 +156,6 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
     from sslall.decide._route import decide_pseudo_labels, decide_routing
     from sslall.labelstudio._pull import pull_if_configured
     from sslall.labelstudio._push import push_if_configured
-    from sslall.model._learner import fit_learner
     from sslall.report._runfiles import write_run_dir
 
     if dist is not None and not dist.is_main:
@@ -157,6 +166,7 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
         started = utc_now()
         pulled = None
         with _not_recorded_on_failure(round_no):
+            _remove_partial_folders(ws)
             if config.labelstudio.url:
                 with _timed(seconds, "pull"):
                     pulled = pull_if_configured(ws, config, store)
@@ -164,12 +174,8 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
                 snapshot = verify_files(take_snapshot(store, config.classes), progress)
             _require_training_data(snapshot)
             send_snapshot(snapshot, round_no)
-            with _timed(seconds, "train"):
-                learner = fit_learner(config, snapshot, cache_dir=ws.cache_dir, dist=dist,
-                                      seed=config.train.seed + round_no, progress=progress)
-            with _timed(seconds, "score"):
-                scores = learner.score(snapshot.rows, progress=progress,
-                                       mc_samples=10 if config.route.strategy == "bald" else 0)
+            snapshot, learner, scores = _train_and_score(ws, config, snapshot, round_no, seconds,
+                                                         progress, dist)
             with _timed(seconds, "calibrate"):
                 calibration = learner.calibrate(scores, snapshot)
                 probs = calibration.probs
@@ -216,6 +222,48 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
             for line in result.warnings:
                 log.warning("%s", line)
     return result
+
+
+def _train_and_score(ws: Workspace, config: Config, snapshot: Snapshot, round_no: int,
+                     seconds: dict[str, float], progress: Progress | None, dist: Dist | None
+                     ) -> tuple[Snapshot, Learner, Scores]:
+    """Train and score on the verified rows. Every image is decoded from the bytes hashed to
+    its id; a file edited since `verify` raises `ChangedFile`, and then the rows are verified
+    again (the edited file goes to quarantine with `changed-file`) and training starts over,
+    at most `CHANGED_RETRIES` times (the feature cache keeps what was already extracted).
+    Under torchrun the other ranks hold the first snapshot: the round fails instead (one line,
+    nothing recorded) and the next round's `verify` quarantines the file."""
+    from sslall.data._images import ChangedFile
+    from sslall.model._learner import fit_learner
+
+    for attempt in range(CHANGED_RETRIES + 1):
+        try:
+            with _timed(seconds, "train", pause=attempt == 0):
+                learner = fit_learner(config, snapshot, cache_dir=ws.cache_dir, dist=dist,
+                                      seed=config.train.seed + round_no, progress=progress)
+            with _timed(seconds, "score", pause=attempt == 0):
+                scores = learner.score(snapshot.rows, progress=progress,
+                                       mc_samples=10 if config.route.strategy == "bald" else 0)
+            return snapshot, learner, scores
+        except ChangedFile as exc:
+            if dist is not None or attempt == CHANGED_RETRIES:
+                raise
+            log.warning("%s; verifying the files again", str(exc).splitlines()[-1])
+            with _timed(seconds, "verify", pause=False):
+                snapshot = verify_files(snapshot, progress)
+            _require_training_data(snapshot)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _remove_partial_folders(ws: Workspace) -> None:
+    """Remove every `.partial-round-*` folder: under the round lock no other round is writing
+    one, so each is the leftover of a killed round (whatever pid its name holds); the store,
+    not a folder, records a round."""
+    for folder in ws.partial_round_dirs():
+        if folder.is_symlink() or not folder.is_dir():
+            folder.unlink()
+        else:
+            shutil.rmtree(folder)
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as Bars
 
+from sslall._fsutil import NotRegularFile, open_regular
 from sslall._progress import Progress
 from sslall.config import Config
 from sslall.errors import EXIT_FAILURE, SslallError
@@ -161,6 +162,10 @@ class _LogFile(logging.FileHandler):
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
         return
 
+    def _open(self):  # noqa: ANN202 - logging's hook; never through a symlink, never a fifo
+        return open_regular(self.baseFilename, "a", follow_symlinks=False, create=True,
+                            encoding=self.encoding)
+
 
 def setup_logging(workspace_log: Path | None) -> None:
     """Log everything to the workspace's log file (what unattended runs leave behind)."""
@@ -177,6 +182,9 @@ def setup_logging(workspace_log: Path | None) -> None:
     try:
         workspace_log.parent.mkdir(parents=True, exist_ok=True)
         handler = _LogFile(workspace_log, encoding="utf-8")
+    except NotRegularFile as exc:  # a link would append our lines to whatever it points at
+        warn(f"not logging to {workspace_log}: it {exc.strerror}")
+        return
     except OSError:  # a read-only workspace still answers read commands
         return
     handler.setFormatter(logging.Formatter(

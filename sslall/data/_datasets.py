@@ -22,6 +22,8 @@ not H&E, but the H and E vectors span the purple/pink axis those stains vary alo
 
 from __future__ import annotations
 
+import functools
+import os
 import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
+from sslall._fsutil import worker_started
 from sslall.data._images import RGB_CONVERSION, load_rgb
 from sslall.data._preprocess import make_preprocessor, preprocess_key
 
@@ -156,19 +159,26 @@ class ImageDataset(Dataset):
     """Images from file paths, decoded by `images.load_rgb`; item i is (tensor, i).
 
     A file that has become unreadable since the round verified it raises `UnreadableImage`.
+    With `ids` (each path's sha256, as the round verified it) every image is decoded from the
+    very bytes that were hashed, and a file whose bytes changed raises `ChangedFile`.
     """
 
-    def __init__(self, paths: Sequence[str], transform: Transform, *, max_pixels: int) -> None:
+    def __init__(self, paths: Sequence[str], transform: Transform, *, max_pixels: int,
+                 ids: Sequence[str] | None = None) -> None:
         self.paths = [str(p) for p in paths]
         self.transform = transform
         self.max_pixels = int(max_pixels)
+        self.ids = None if ids is None else [str(i) for i in ids]
+        if self.ids is not None and len(self.ids) != len(self.paths):
+            raise ValueError(f"{len(self.ids)} ids for {len(self.paths)} paths")
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         index = int(index)
-        image = load_rgb(self.paths[index], max_pixels=self.max_pixels)
+        image = load_rgb(self.paths[index], max_pixels=self.max_pixels,
+                         sample_id=None if self.ids is None else self.ids[index])
         return self.transform(image), index
 
 
@@ -197,7 +207,7 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,
-        worker_init_fn=_seed_worker if num_workers > 0 else None,
+        worker_init_fn=functools.partial(_start_worker, os.getpid()) if num_workers > 0 else None,
         generator=generator,
         drop_last=drop_last,
     )
@@ -248,8 +258,10 @@ def _matrix(m: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(m, dtype=like.dtype, device=like.device)
 
 
-def _seed_worker(worker_id: int) -> None:
-    """Seed numpy and random in a worker from torch's per-worker seed (torch's is already set)."""
+def _start_worker(parent_pid: int, worker_id: int) -> None:
+    """A DataLoader worker: close the parent's lock, die with the parent (`worker_started`),
+    and seed numpy and random from torch's per-worker seed (torch's is already set)."""
+    worker_started(parent_pid)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)

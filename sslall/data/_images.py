@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import io
 import os
-import stat
 import struct
 import threading
 import warnings
@@ -54,16 +55,19 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from sslall._fsutil import NotRegularFile, open_regular
 from sslall.errors import InputError
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "MIN_SIDE",
     "RGB_CONVERSION",
+    "ChangedFile",
     "ImageInfo",
     "UnreadableImage",
     "inspect_image",
     "load_rgb",
+    "open_image",
 ]
 
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
@@ -105,78 +109,66 @@ class ImageInfo:
     format: str
 
 
-def inspect_image(path: str | Path, *, max_pixels: int) -> ImageInfo:
+def inspect_image(path: str | Path, *, max_pixels: int,
+                  handle: BinaryIO | None = None) -> ImageInfo:
     """Decode `path` fully (and convert it to RGB) to prove it is usable; return its facts.
+
+    With `handle` (a binary file already opened on `path`, e.g. the one its bytes were hashed
+    from) the image is decoded from it, from its start, and `path` only names it.
 
     Raises:
         UnreadableImage: for every reason listed in the module docstring.
     """
-    info, _ = _decode(path, max_pixels)
+    if handle is not None:
+        handle.seek(0)
+        info, _ = _decode_open(handle, path, max_pixels)
+        return info
+    with open_image(path) as fh:
+        info, _ = _decode_open(fh, path, max_pixels)
     return info
 
 
-def load_rgb(path: str | Path, *, max_pixels: int) -> Image.Image:
+def load_rgb(path: str | Path, *, max_pixels: int, sample_id: str | None = None) -> Image.Image:
     """Return the fully decoded image at `path` in mode RGB, by the module's one conversion.
+
+    With `sample_id` (the sha256 a round verified) the file is read once, its bytes hashed and
+    decoded from that one read, so a file edited since it was verified is never decoded under
+    its old id.
 
     Raises:
         UnreadableImage: for every reason listed in the module docstring.
+        ChangedFile: the bytes read do not hash to `sample_id`.
     """
-    _, rgb = _decode(path, max_pixels)
+    with open_image(path) as fh:
+        if sample_id is None:
+            _, rgb = _decode_open(fh, path, max_pixels)
+            return rgb
+        data = fh.read()
+    if hashlib.sha256(data).hexdigest() != sample_id:
+        raise ChangedFile(f"image {_quote(str(path))} changed since the round verified it "
+                          f"(sample {sample_id})")
+    _, rgb = _decode_open(io.BytesIO(data), path, max_pixels)
     return rgb
 
 
-# --- implementation ---------------------------------------------------------------------
+class ChangedFile(InputError):
+    """A file whose bytes no longer hash to the sample id it was verified as.
+
+    Built from its message alone, so that a DataLoader worker's copy is re-raised in the main
+    process as this type.
+    """
 
 
-def _quote(name: str) -> str:
-    return f"'{name}'" if name.isprintable() else repr(name)
+def open_image(path: str | Path) -> BinaryIO:
+    """Open an image file for reading: a regular file only, never blocking on a fifo.
 
-
-def _decode(path: str | Path, max_pixels: int) -> tuple[ImageInfo, Image.Image]:
-    if max_pixels < 1:
-        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
-    _check_is_file(path)
+    Raises:
+        UnreadableImage: missing, not a file, or unreadable (reasons as in the module docstring).
+    """
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed by the `with` below
-    except FileNotFoundError:
-        raise UnreadableImage(path, "missing", "does not exist") from None
-    except OSError as e:
-        raise UnreadableImage(path, "undecodable", f"cannot be read: {e.strerror}") from None
-    with fh:
-        if os.fstat(fh.fileno()).st_size == 0:
-            raise UnreadableImage(path, "empty", "is empty (0 bytes)")
-        im = _open(fh, path)
-        width, height = im.size
-        pixels = width * height
-        if pixels > max_pixels:
-            raise UnreadableImage(
-                path, "too-large",
-                f"declares {width}x{height} = {pixels:,} pixels, over the limit of "
-                f"{max_pixels:,} (config data.max_pixels)",
-            )
-        if min(width, height) < MIN_SIDE:
-            raise UnreadableImage(
-                path, "too-small",
-                f"is {width}x{height} pixels, under the minimum of {MIN_SIDE}x{MIN_SIDE}",
-            )
-        info = ImageInfo(width, height, im.mode, im.format or "")
-        try:
-            if im.format == "PNG":
-                _check_png_crcs(fh)
-            with _pillow_limit(max_pixels):
-                im.load()
-            rgb = _to_rgb(im)
-        except Image.DecompressionBombError as e:
-            raise UnreadableImage(path, "too-large", f"is too large to decode: {e}") from None
-        except _DECODE_ERRORS as e:
-            raise UnreadableImage(path, "undecodable", f"cannot be decoded: {e}") from None
-    return info, rgb
-
-
-def _check_is_file(path: str | Path) -> None:
-    """Refuse what is not a regular file before opening it (opening a fifo would block)."""
-    try:
-        st = os.stat(path)
+        return open_regular(path)
+    except NotRegularFile as e:
+        raise UnreadableImage(path, "not-a-file", e.strerror) from None
     except FileNotFoundError:
         what = "is a dangling symlink" if os.path.islink(path) else "does not exist"
         raise UnreadableImage(path, "missing", what) from None
@@ -186,9 +178,48 @@ def _check_is_file(path: str | Path) -> None:
         if e.errno == errno.ELOOP:
             raise UnreadableImage(path, "missing", "is a symlink loop") from None
         raise UnreadableImage(path, "undecodable", f"cannot be read: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a fifo, socket or device"
-        raise UnreadableImage(path, "not-a-file", f"is {kind}, not a file")
+
+
+# --- implementation ---------------------------------------------------------------------
+
+
+def _quote(name: str) -> str:
+    return f"'{name}'" if name.isprintable() else repr(name)
+
+
+def _decode_open(fh: BinaryIO, path: str | Path, max_pixels: int) -> tuple[ImageInfo, Image.Image]:
+    if max_pixels < 1:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    fh.seek(0, os.SEEK_END)
+    if fh.tell() == 0:
+        raise UnreadableImage(path, "empty", "is empty (0 bytes)")
+    fh.seek(0)
+    im = _open(fh, path)
+    width, height = im.size
+    pixels = width * height
+    if pixels > max_pixels:
+        raise UnreadableImage(
+            path, "too-large",
+            f"declares {width}x{height} = {pixels:,} pixels, over the limit of "
+            f"{max_pixels:,} (config data.max_pixels)",
+        )
+    if min(width, height) < MIN_SIDE:
+        raise UnreadableImage(
+            path, "too-small",
+            f"is {width}x{height} pixels, under the minimum of {MIN_SIDE}x{MIN_SIDE}",
+        )
+    info = ImageInfo(width, height, im.mode, im.format or "")
+    try:
+        if im.format == "PNG":
+            _check_png_crcs(fh)
+        with _pillow_limit(max_pixels):
+            im.load()
+        rgb = _to_rgb(im)
+    except Image.DecompressionBombError as e:
+        raise UnreadableImage(path, "too-large", f"is too large to decode: {e}") from None
+    except _DECODE_ERRORS as e:
+        raise UnreadableImage(path, "undecodable", f"cannot be decoded: {e}") from None
+    return info, rgb
 
 
 def _open(fh: BinaryIO, path: str | Path) -> ImageFile.ImageFile:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from xml.sax.saxutils import quoteattr
 
+from sslall._fsutil import open_regular
 from sslall.config import LabelStudioConfig
 from sslall.errors import LabelStudioError, UsageError
 
@@ -82,7 +83,8 @@ def read_api_key(ls: LabelStudioConfig, base: Path | None = None) -> str:
                                "labelstudio.api_key_file in sslall.toml")
     path = resolve_path(ls.api_key_file, base)
     try:
-        key = path.read_text(encoding="utf-8").strip()
+        with open_regular(path, "r", encoding="utf-8") as handle:
+            key = handle.read().strip()
     except OSError as exc:
         raise LabelStudioError(f"cannot read the API key file {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -226,7 +228,7 @@ class LabelStudioClient:
     def upload(self, project_id: int, path: Path) -> str:
         """Upload one image (not yet a task); returns its URL on the server."""
         def send() -> str:
-            with path.open("rb") as handle:
+            with open_regular(path) as handle:
                 response = self.sdk._client_wrapper.httpx_client.request(
                     f"api/projects/{project_id}/import", method="POST",
                     params={"commit_to_project": False},

@@ -46,7 +46,7 @@ def extract_features(
     work_dir: str | Path | None = None, backbone_name: str | None = None, flush_rows: int = FLUSH_ROWS,
     preprocess: PreprocessConfig | None = None,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None, kind: str = "",
-    step: str = "features",
+    step: str = "features", verify_ids: bool = False,
 ) -> np.ndarray:
     """Features [N, D] float32 of `samples` ((sha256 id, path) pairs), computing only the uncached.
 
@@ -61,9 +61,13 @@ def extract_features(
     `preprocess` runs before the transform and is part of the cache key. `forward` replaces the
     backbone's pooled features with another [n, D] output of its module (the flattened maps of
     `LastStage.frozen_maps`); `kind` names that output in the cache key, so the two never mix.
+    With `verify_ids` (ids that are the sha256 of each file, as a round's are) every image is
+    decoded from the bytes that were hashed, so no feature is cached under an id its bytes no
+    longer have.
 
     Raises:
         UnreadableImage: an image can no longer be decoded.
+        ChangedFile: with `verify_ids`, a file's bytes no longer hash to its id.
         ModelError: the backbone returns something other than finite [n, D] features.
     """
     if forward is not None and not kind:
@@ -83,7 +87,8 @@ def extract_features(
         progress(step, done, total)
     if todo:
         transform = eval_transform(image_size, backbone.mean, backbone.std, preprocess)
-        dataset = ImageDataset(list(todo.values()), transform, max_pixels=max_pixels)
+        dataset = ImageDataset(list(todo.values()), transform, max_pixels=max_pixels,
+                               ids=list(todo) if verify_ids else None)
         todo_ids = list(todo)
         lo, hi = shard_bounds(len(todo_ids), dist)
         if dist is not None:
@@ -130,19 +135,19 @@ def predict(
     std: Sequence[float], batch_size: int = 64, device: torch.device | str = "cpu",
     num_workers: int = 0, max_pixels: int = 50_000_000, progress: Progress | None = None,
     work_dir: str | Path | None = None, mc_samples: int = 0, seed: int = 0,
-    preprocess: PreprocessConfig | None = None, step: str = "score",
+    preprocess: PreprocessConfig | None = None, step: str = "score", verify_ids: bool = False,
 ) -> Scores:
     """Logits and embeddings (the backbone's pooled features) of every sample, streamed.
 
     For finetune mode, where features change every round and cannot be cached. With
     `mc_samples` > 0, also MC-dropout probabilities of the head over the embeddings (BALD).
     Arrays larger than 256 MiB go to memory-mapped `.npy` files in `work_dir` when one is given.
-    `progress(step, done, total)` after each batch.
+    `progress(step, done, total)` after each batch. `verify_ids` as in `extract_features`.
     """
     ids = [str(sample_id) for sample_id, _ in samples]
     dataset = ImageDataset([str(p) for _, p in samples],
                            eval_transform(image_size, mean, std, preprocess),
-                           max_pixels=max_pixels)
+                           max_pixels=max_pixels, ids=ids if verify_ids else None)
     width, n_classes = head_sizes(model.head)
     logits = np.zeros((len(ids), n_classes), dtype=np.float32)
     embeddings: np.ndarray | None = None

@@ -52,7 +52,8 @@ def finetune(
     epochs: int = 30, batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 1e-4,
     class_balance: str = "sampler", patience: int = 5, seed: int = 0, device: torch.device | str = "cpu",
     num_workers: int = 0, max_pixels: int = 50_000_000, progress: Progress | None = None,
-    preprocess: PreprocessConfig | None = None,
+    preprocess: PreprocessConfig | None = None, train_ids: Sequence[str] | None = None,
+    val_ids: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train `classifier` end to end on images with augmentation; it is left holding the kept
     weights, in eval mode, on `device`.
@@ -70,13 +71,18 @@ def finetune(
     all, so every rank stops at the same epoch. BatchNorm statistics are per rank (local batch;
     DDP copies rank 0's buffers to the others): results differ from one process by that much.
 
+    `train_ids`, `val_ids`: each path's sha256 as verified; every image is then decoded from
+    the bytes that were hashed (see `ImageDataset`).
+
     Raises:
-        ValueError, ModelError: as `train_head`; UnreadableImage if an image cannot be decoded.
+        ValueError, ModelError: as `train_head`; UnreadableImage if an image cannot be decoded;
+        ChangedFile if, with ids, a file's bytes changed.
     """
     num_classes = head_sizes(classifier.head)[1]
     rows = np.arange(len(train_paths), dtype=np.float64)[:, None]  # prepare_rows drops weight-0 rows
     kept, y, w = prepare_rows(rows, train_y, train_w, num_classes, class_balance, epochs, batch_size)
     paths = [str(train_paths[int(i)]) for i in kept[:, 0]]
+    ids = None if train_ids is None else [str(train_ids[int(i)]) for i in kept[:, 0]]
     has_val = val_y is not None and len(val_y) > 0
     device = torch.device(device) if dist is None else dist.device
     rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
@@ -88,7 +94,7 @@ def finetune(
         if cuda:
             classifier.to(memory_format=torch.channels_last)
         dataset = ImageDataset(paths, train_transform(image_size, mean, std, augment, preprocess),
-                               max_pixels=max_pixels)
+                               max_pixels=max_pixels, ids=ids)
         sampler: Sampler | None = None
         if class_balance == "sampler":
             sampler = WeightedRandomSampler(sampler_weights(y, num_classes).tolist(), len(y),
@@ -108,7 +114,7 @@ def finetune(
         if has_val and rank == 0:
             val_set = ImageDataset([str(p) for p in val_paths],
                                    eval_transform(image_size, mean, std, preprocess),
-                                   max_pixels=max_pixels)
+                                   max_pixels=max_pixels, ids=val_ids)
             val_loader = make_loader(val_set, batch_size=batch_size, num_workers=num_workers)
         yt = torch.as_tensor(y)
         wt = torch.as_tensor(loss_weights(y, w, num_classes, class_balance))

@@ -113,7 +113,7 @@ class Learner:
                           std=self.backbone.std, batch_size=cfg.train.batch_size,
                           device=self.device, num_workers=cfg.train.num_workers,
                           max_pixels=cfg.data.max_pixels, preprocess=cfg.preprocess,
-                          progress=progress, step="score")
+                          progress=progress, step="score", verify_ids=True)
             logits, embeddings = out.logits, out.embeddings
             if dist is not None:
                 logits, embeddings = _gather_scores(dist, logits, embeddings, len(rows))
@@ -216,7 +216,7 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
     if mode != "finetune":
         features = cached_inputs(cfg, backbone, stage, [(r.id, r.path) for r in snapshot.rows],
                                  cache_dir=cache_dir, device=device, dist=dist,
-                                 progress=progress)
+                                 progress=progress, verify_ids=True)
         fault_point("features-done")
         if dist is not None and not dist.is_main:
             head = MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs)
@@ -240,12 +240,14 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
         head = MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs)
         classifier = Classifier(backbone.module, head, backbone.scales)
         paths = [r.path for r in snapshot.rows]
+        ids = [r.id for r in snapshot.rows]
         result = finetune(
             classifier, [paths[i] for i in rows], y, w, [paths[i] for i in holdout],
             y_all[holdout], image_size=cfg.model.image_size, mean=backbone.mean, std=backbone.std,
             augment=cfg.augment, lr=cfg.train.finetune_lr, num_workers=cfg.train.num_workers, dist=dist,
             max_pixels=cfg.data.max_pixels, progress=progress,
-            preprocess=cfg.preprocess, **common,
+            preprocess=cfg.preprocess, train_ids=[ids[i] for i in rows],
+            val_ids=[ids[i] for i in holdout], **common,
         )
         results = [result]
     head.eval()
@@ -258,11 +260,11 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
 
 def cached_inputs(config: Config, backbone: Backbone, stage: LastStage | None,
                   samples: Sequence[tuple[str, str]], *, cache_dir: Path, device: torch.device,
-                  dist: Dist | None = None, progress: Progress | None = None, step: str = "features"
-                  ) -> np.ndarray:
+                  dist: Dist | None = None, progress: Progress | None = None, step: str = "features",
+                  verify_ids: bool = False) -> np.ndarray:
     """[N, D] float32 inputs of `samples` through the feature cache: the pooled features (head
     mode, `stage` None) or the flattened maps before the last stage (last-stage mode);
-    `progress` is reported under `step`."""
+    `progress` is reported under `step`; `verify_ids` as in `extract_features`."""
     cfg = config
     if stage is not None:
         stage.set_input_size(cfg.model.image_size)
@@ -271,7 +273,7 @@ def cached_inputs(config: Config, backbone: Backbone, stage: LastStage | None,
         batch_size=cfg.train.batch_size, device=device, dist=dist, num_workers=cfg.train.num_workers,
         max_pixels=cfg.data.max_pixels, progress=progress, step=step, preprocess=cfg.preprocess,
         forward=stage.frozen_maps if stage is not None else None,
-        kind="maps-before-last-stage" if stage is not None else "",
+        kind="maps-before-last-stage" if stage is not None else "", verify_ids=verify_ids,
     )
 
 

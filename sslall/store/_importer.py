@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from hashlib import sha256
 from itertools import islice
 from pathlib import Path
+from typing import BinaryIO
 
-from sslall._fsutil import sha256_file
+from sslall._faults import fault_point
+from sslall._fsutil import NotRegularFile, open_regular, sha256_handle, worker_started
 from sslall._progress import Progress
 from sslall.data._images import IMAGE_SUFFIXES, UnreadableImage, inspect_image
 from sslall.errors import InputError, NotFoundError, SslallError, UsageError
@@ -144,7 +146,7 @@ def _walk_images(root: Path) -> Iterator[str]:
 def _read_manifest(path: Path, classes: Sequence[str]) -> Iterator[Entry]:
     root = path.parent.resolve()
     try:
-        handle = path.open(newline="", encoding="utf-8-sig")
+        handle = open_regular(path, "r", newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise InputError(f"cannot read manifest {path}: {exc.strerror}") from None
     with handle:
@@ -186,34 +188,61 @@ def _read_manifest(path: Path, classes: Sequence[str]) -> Iterator[Entry]:
         yield Entry(full_str, label, (row.get("patient") or "").strip() or None)
 
 
-def examine(path: str, max_pixels: int) -> tuple[str, str | None]:
-    """Worker: (sample id, quarantine reason or None). Runs in a child process."""
-    if os.path.exists(path) and not os.path.isfile(path):  # a fifo would block the read below
+def examine(path: str, max_pixels: int, within: str | None = None) -> tuple[str, str | None]:
+    """Worker: (sample id, quarantine reason or None). Runs in a child process.
+
+    The file is opened once (a fifo is refused without blocking) and hashed and decoded from
+    that one open file. With `within` (a manifest's folder, checked when it was validated) the
+    opened file must still be the one the path resolves to inside that folder, so a link
+    swapped in after validation is refused rather than read.
+    """
+    try:
+        handle = open_regular(path)
+    except NotRegularFile:
         return (sha256(f"unreadable:{path}".encode()).hexdigest(),
                 "not-a-file: is a fifo, socket or device, not a file")
-    try:
-        digest = sha256_file(path)
     except OSError as exc:
         # Unreadable bytes have no content id; name them by their path so they are still tracked.
         return sha256(f"unreadable:{path}".encode()).hexdigest(), f"unreadable: {exc.strerror}"
-    try:
-        inspect_image(path, max_pixels=max_pixels)
-    except UnreadableImage as exc:
-        return digest, f"{exc.reason}: {exc}"
+    with handle:
+        if within is not None and not _still_inside(handle, path, within):
+            return (sha256(f"unreadable:{path}".encode()).hexdigest(),
+                    f"unreadable: now leads outside the manifest's folder {within}")
+        try:
+            digest = sha256_handle(handle)
+        except OSError as exc:
+            return sha256(f"unreadable:{path}".encode()).hexdigest(), f"unreadable: {exc.strerror}"
+        try:
+            inspect_image(path, max_pixels=max_pixels, handle=handle)
+        except UnreadableImage as exc:
+            return digest, f"{exc.reason}: {exc}"
     return digest, None
 
 
-def _examined(entries: Iterable[Entry], max_pixels: int,
-              workers: int) -> Iterator[tuple[Entry, str, str | None]]:
+def _still_inside(handle: BinaryIO, path: str, within: str) -> bool:
+    """The open file is the one `path` resolves to now, and that is inside `within`."""
+    real = os.path.realpath(path)
+    try:
+        now = os.stat(real)
+    except OSError:
+        return False
+    opened = os.fstat(handle.fileno())
+    return (Path(real).is_relative_to(within)
+            and (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino))
+
+
+def _examined(entries: Iterable[Entry], max_pixels: int, workers: int,
+              within: str | None = None) -> Iterator[tuple[Entry, str, str | None]]:
     if workers <= 1:
         for e in entries:
-            yield (e, *examine(e.path, max_pixels))
+            yield (e, *examine(e.path, max_pixels, within))
         return
     remaining = iter(entries)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=worker_started,
+                             initargs=(os.getpid(),)) as pool:
         while window := list(islice(remaining, WINDOW)):
             results = pool.map(examine, [e.path for e in window], [max_pixels] * len(window),
-                               chunksize=32)
+                               [within] * len(window), chunksize=32)
             for e, (sid, reason) in zip(window, results, strict=True):
                 yield e, sid, reason
 
@@ -235,17 +264,22 @@ def import_source(
                               max_pixels=max_pixels, workers=workers, progress=progress, step=step,
                               total=total)
     entries = list_source(source, pool, classes)
+    within = str(source.parent.resolve()) if source.is_file() else None
     return import_entries(store, entries, pool, max_pixels=max_pixels,
                           holdout_fraction=holdout_fraction, seed=seed, workers=workers,
-                          progress=progress, step=step)
+                          progress=progress, step=step, within=within)
 
 
 def import_entries(
     store: PoolStore, entries: Iterable[Entry], pool: str, *, max_pixels: int,
     holdout_fraction: float = 0.0, seed: int = 0, workers: int | None = None,
     progress: Progress | None = None, step: str = "import", total: int | None = None,
+    within: str | None = None,
 ) -> ImportReport:
     """Import already-validated entries (labels known to be classes) into `pool`.
+
+    `within`: the folder every entry was validated to resolve inside (a manifest's); a file
+    that leads elsewhere when it is read is quarantined (see `examine`).
 
     `entries` may be a one-pass iterator when `total` (its length, for progress) is given and
     no holdout is carved. `progress(step, done, total)` after each file.
@@ -275,7 +309,7 @@ def _import(store: PoolStore, entries: Iterable[Entry], pool: str, max_pixels: i
     batch: list[NewSample] = []
     batch_ids: dict[str, str] = {}
     done = 0
-    for entry, sid, reason in _examined(entries, max_pixels, workers):
+    for entry, sid, reason in _examined(entries, max_pixels, workers, within):
         if pool == "unlabeled" and entry.label is not None:
             raise UsageError(f"{entry.path}: the unlabeled pool takes no label")
         target = "quarantine" if reason else pool
@@ -291,6 +325,7 @@ def _import(store: PoolStore, entries: Iterable[Entry], pool: str, max_pixels: i
                 batch_ids[sid] = entry.path
         if len(batch) >= BATCH:
             _flush(store, batch, batch_ids, report)
+            fault_point("import-batch")
         done += 1
         if progress:
             progress(step, done, total)

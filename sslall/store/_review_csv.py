@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sslall._fsutil import open_regular
 from sslall.errors import InputError, NotFoundError
 from sslall.store._csvtext import read_table
 from sslall.store._pools import PoolStore
@@ -68,7 +69,7 @@ def import_review(store: PoolStore, source: Path, classes: tuple[str, ...], *,
     report = ReviewImport()
     moves: list[Move] = []
     seen: set[str] = set()
-    with source.open(newline="", encoding="utf-8-sig") as handle:
+    with open_regular(source, "r", newline="", encoding="utf-8-sig") as handle:
         columns, rows = read_table(handle, f"review file {source.name}")
     missing = {"sample_id", "label"} - set(columns)
     if missing:

@@ -209,7 +209,7 @@ def test_permission_denied_is_undecodable(
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(images, "open", refuse, raising=False)
+    monkeypatch.setattr(images, "open_regular", refuse)
     err = _reason(path)
     assert err.reason == "undecodable"
     assert "Permission denied" in str(err)
