@@ -18,6 +18,8 @@ POINTS = ("verify", "train", "features-done", "score", "calibrate", "select", "r
 # Label Studio (sslall/labelstudio/_push.py, _pull.py): "labelstudio-push" after the server created a
 # batch of tasks and before the store recorded them; "labelstudio-pull" after a page of
 # annotations was decided and before its moves were committed.
+# `sslall review import` (sslall/store/_review_csv.py): "review-import" once every answer is
+# decided, before the one transaction that applies them.
 
 
 def fault_point(name: str) -> None:

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sslall._faults import fault_point
 from sslall._fsutil import open_regular
 from sslall.errors import InputError, NotFoundError
 from sslall.store._csvtext import read_table
@@ -97,5 +98,6 @@ def import_review(store: PoolStore, source: Path, classes: tuple[str, ...], *,
             moves.append(answer_move(sample, label, source=actor, by=actor))
             report.labeled += 1
         seen.add(sid)
+    fault_point("review-import")  # every answer decided, none committed
     store.apply_moves(moves, round_no=store.last_round(), actor=actor)
     return report
