@@ -219,9 +219,20 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
                 pushed = push_if_configured(ws, config, store)
             result.labelstudio = {"pull": pulled.as_dict(), "push": pushed and pushed.as_dict()}
             result.warnings = [r.error for r in (pulled, pushed) if r and r.error]
-            for line in result.warnings:
-                log.warning("%s", line)
+        elif config.route.route != "retrain":
+            result.warnings = [_no_labelstudio(config.route.route, result.pools.get("review", 0))]
+        for line in result.warnings:
+            log.warning("%s", line)
     return result
+
+
+def _no_labelstudio(route: str, review: int) -> str:
+    """The line for a round routed to Label Studio in a workspace with no server configured: the
+    round is still useful (pseudo labels, a review queue for `review export`), but nothing went
+    to annotators, which the person who chose the route expects."""
+    return (f"route {route!r} sends the review queue to Label Studio, but [labelstudio] url is "
+            f"not set in sslall.toml: nothing was pushed ({review} cell(s) wait in review; label "
+            "them with `sslall review export`, or set the url)")
 
 
 def _train_and_score(ws: Workspace, config: Config, snapshot: Snapshot, round_no: int,

@@ -99,7 +99,8 @@ def init(
 def add(
     pool: Annotated[str, typer.Argument(help="labeled, unlabeled or holdout.")],
     source: Annotated[Path, typer.Argument(help="A folder (class sub-folders for labeled and "
-                      "holdout) or a CSV manifest with columns path[,label][,patient].")],
+                      "holdout), one image (unlabeled only) or a CSV manifest with columns "
+                      "path[,label][,patient].")],
     holdout_fraction: Annotated[float | None, typer.Option(
         help="Carve this fraction of a labeled import into the holdout (stratified by class, "
         "grouped by patient).")] = None,
@@ -151,6 +152,10 @@ def add(
                 say(f"  … and {len(rows) - 20} more (use --json for all)")
 
 
+NO_LABEL = "—"
+UNLABELLED_POOLS = ("unlabeled", "review")
+
+
 def status_data(ws: Workspace, config: Config) -> dict:
     """Everything `sslall status` shows, as JSON-ready data."""
     with PoolStore(ws.db_path, read_only=True) as store:
@@ -175,7 +180,8 @@ def status_data(ws: Workspace, config: Config) -> dict:
 @app.command()
 @cli_errors
 def status(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> None:
-    """Pool sizes overall and per class, rounds so far, latest checkpoint.
+    """Pool sizes overall and per class, rounds so far, latest checkpoint. The class columns of
+    unlabeled and review show "—": their cells have no label.
 
     \b
     Example:
@@ -194,7 +200,8 @@ def status(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> Non
     for p in POOLS:
         per = data["per_class"][p]
         other = sum(v for k, v in per.items() if k not in config.classes)
-        cells = [str(per.get(c, 0)) for c in config.classes]
+        # unlabeled and review cells carry no label (review's model guesses: `review export`)
+        cells = [NO_LABEL if p in UNLABELLED_POOLS else str(per.get(c, 0)) for c in config.classes]
         total = str(data["pools"][p]) + (f" ({other} without class)" if other and p in (
             "labeled", "pseudo", "holdout") else "")
         table.add_row(p, *cells, total)
@@ -204,7 +211,7 @@ def status(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> Non
         for col in ("round", "finished", "macro-F1", "accuracy", "ECE", "pseudo", "review"):
             rt.add_column(col, justify="right")
         for r in data["rounds"][-10:]:
-            m = r.get("metrics", {})
+            m = r.get("metrics") or {}  # None: the round had no holdout to measure on
             rt.add_row(str(r["round"]), r["finished_at"][:19], _fmt(m.get("macro_f1")),
                        _fmt(m.get("accuracy")), _fmt(m.get("ece")),
                        str(r.get("pools", {}).get("pseudo", "")),

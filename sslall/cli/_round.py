@@ -1,4 +1,5 @@
-"""CLI commands of the self-training loop: round, run, review, predict, evaluate."""
+"""CLI commands of the self-training loop: round, run, review (predict and evaluate are in
+`_predict`)."""
 
 from __future__ import annotations
 
@@ -289,96 +290,10 @@ def review_import(
         say(f"  rejected {line}")
 
 
-def predict_cmd(
-    paths: Annotated[list[Path], typer.Argument(help="Image files.")],
-    checkpoint: Annotated[Path | None, typer.Option(help="A round folder or model.safetensors "
-                          "(default: the latest round).")] = None,
-    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
-    workspace: WorkspaceOption = None, json_out: JsonFlag = False,
-) -> None:
-    """Classify images with a checkpoint: class, confidence and per-class probabilities.
-
-    \b
-    Example:
-      sslall predict cell1.png cell2.png --json
-    """
-    from sslall.model._inference import Predictor, latest_checkpoint
-
-    if checkpoint is None:
-        ws, _ = open_workspace(workspace)
-        checkpoint = latest_checkpoint(ws)
-    predictor = Predictor(checkpoint)
-    preds = predictor.predict(paths)
-    rows = []
-    for p in preds:
-        if p.probs is None:
-            rows.append({"path": p.path, "error": p.error})
-            continue
-        k = int(p.probs.argmax())
-        rows.append({"path": p.path, "class": predictor.classes[k],
-                     "confidence": round(float(p.probs[k]), 5),
-                     "probabilities": {c: round(float(v), 5)
-                                       for c, v in zip(predictor.classes, p.probs, strict=True)}})
-    if json_out:
-        print_json(rows)
-    elif csv_out:
-        import csv
-        import sys
-
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "class", "confidence", *predictor.classes, "error"])
-        for r in rows:
-            probs = r.get("probabilities", {})
-            writer.writerow([r["path"], r.get("class", ""), r.get("confidence", ""),
-                             *[probs.get(c, "") for c in predictor.classes], r.get("error", "")])
-    else:
-        table = Table()
-        for col in ("path", "class", "confidence"):
-            table.add_column(col)
-        for r in rows:
-            table.add_row(r["path"], r.get("class", "error"),
-                          str(r.get("confidence", r.get("error"))))
-        console.print(table)
-    if all("error" in r for r in rows):
-        raise UsageError("no image could be read")
-
-
-def evaluate_cmd(
-    folder: Annotated[Path, typer.Argument(help="A class-per-folder image set.")],
-    checkpoint: Annotated[Path | None, typer.Option(help="A round folder (default: latest).")]
-    = None,
-    workspace: WorkspaceOption = None, json_out: JsonFlag = False,
-) -> None:
-    """Score a checkpoint on a class-per-folder set: accuracy, macro-F1, per class, ECE.
-
-    \b
-    Example:
-      sslall evaluate ./test-cells --json
-    """
-    from sslall.model._inference import Predictor, evaluate_folder, latest_checkpoint
-
-    if checkpoint is None:
-        ws, _ = open_workspace(workspace)
-        checkpoint = latest_checkpoint(ws)
-    predictor = Predictor(checkpoint)
-    metrics = evaluate_folder(predictor, folder)
-    if json_out:
-        print_json(metrics)
-        return
-    table = Table(title=f"{folder} ({metrics['images']} images)")
-    for col in ("class", "precision", "recall", "f1", "support"):
-        table.add_column(col, justify="right")
-    for c, m in metrics["per_class"].items():
-        table.add_row(c, _fmt(m["precision"]), _fmt(m["recall"]), _fmt(m["f1"]),
-                      str(m["support"]))
-    console.print(table)
-    console.print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
-                  f"ECE {metrics['ece']:.4f}")
-
-
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the app."""
     from sslall.cli._demo import demo_cmd
+    from sslall.cli._predict import evaluate_cmd, predict_cmd
     from sslall.cli._simulate import simulate_cmd
 
     app.command("round")(cli_errors(round_cmd))

@@ -4,6 +4,7 @@ class-per-folder set."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sslall._fsutil import sha256_file
 from sslall.config import PreprocessConfig
 from sslall.data._datasets import eval_transform
 from sslall.data._images import IMAGE_SUFFIXES, MIN_SIDE, UnreadableImage, _to_rgb, load_rgb
@@ -21,6 +23,7 @@ from sslall.model._backbones import build_classifier_from_checkpoint
 from sslall.model._checkpoints import load_checkpoint
 from sslall.model._devices import resolve_device
 from sslall.store._pools import PoolStore
+from sslall.store._records import POOLS
 from sslall.workspace import Workspace
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
@@ -178,8 +181,17 @@ def _in_memory_rgb(picture: Image.Image, name: str) -> Image.Image:
         raise UnreadableImage(name, "undecodable", f"cannot be decoded: {exc}") from None
 
 
-def evaluate_folder(predictor: Predictor, folder: Path) -> dict:
-    """Metrics of a checkpoint on a class-per-folder set (folders must be its classes)."""
+def evaluate_folder(predictor: Predictor, folder: Path, workspace: Workspace | None = None) -> dict:
+    """Metrics of a checkpoint on a class-per-folder set (folders must be its classes).
+
+    With `workspace`, `in_workspace` counts the evaluated images that are already in its pools
+    (same bytes, so same sample id), per pool: a model scored on images it trained or
+    calibrated on looks better than it is. Without one, `in_workspace` is None.
+
+    Raises:
+        NotFoundError: `folder` is not a folder.
+        InputError: its sub-folders are not the checkpoint's classes, or no image is readable.
+    """
     if not folder.is_dir():
         raise NotFoundError(f"{folder} is not a folder")
     subdirs = sorted(d.name for d in folder.iterdir() if d.is_dir())
@@ -202,4 +214,20 @@ def evaluate_folder(predictor: Predictor, folder: Path) -> dict:
     metrics = classification_metrics(y, probs.argmax(1), probs, predictor.classes)
     metrics["images"] = len(ok)
     metrics["unreadable"] = [{"path": p.path, "error": p.error} for p in preds if p.error]
+    metrics["in_workspace"] = (None if workspace is None
+                               else _in_workspace(workspace, [paths[i] for i in ok]))
     return metrics
+
+
+def _in_workspace(ws: Workspace, paths: list[Path]) -> dict:
+    """How many of `paths` are in the workspace's pools (by sha256, the sample id), per pool."""
+    found: Counter[str] = Counter()
+    with PoolStore(ws.db_path, read_only=True) as store:
+        for path in paths:
+            try:
+                sample = store.get(sha256_file(path))
+            except OSError:  # gone since it was predicted: it was not counted as evaluated either
+                continue
+            if sample is not None:
+                found[sample.pool] += 1
+    return {"images": sum(found.values()), "pools": {p: found[p] for p in POOLS}}

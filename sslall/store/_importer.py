@@ -1,12 +1,12 @@
 """`sslall add`: bring images into a pool, safely and in a stream.
 
-A source is a folder (class sub-folders for labeled/holdout, any tree for unlabeled) or a CSV
-manifest (`path`, optional `label`, `patient`; paths relative to the manifest and never outside
-its folder; each file on one row only). The source is validated first (cheap: names only; a
-folder is walked once to count it and again to import, so memory does not grow with its size),
-then every file is hashed and fully decoded in worker processes, a bounded window at a time,
-and committed in batches: a killed import leaves complete batches, and re-running it picks up
-where it stopped.
+A source is a folder (class sub-folders for labeled/holdout, any tree for unlabeled), one image
+(unlabeled only) or a CSV manifest (`path`, optional `label`, `patient`; paths relative to the
+manifest and never outside its folder; each file on one row only). The source is validated
+first (cheap: names only; a folder is walked once to count it and again to import, so memory
+does not grow with its size), then every file is hashed and fully decoded in worker processes,
+a bounded window at a time, and committed in batches: a killed import leaves complete batches,
+and re-running it picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -77,12 +77,14 @@ def list_source(source: Path, pool: str, classes: Sequence[str]) -> list[Entry]:
         raise UsageError(f"cannot add to pool {pool!r} (allowed: {', '.join(IMPORT_POOLS)})")
     if not os.path.lexists(source):
         raise NotFoundError(f"source {source} does not exist")
-    if source.is_file():
+    if source.is_file() and _is_image_name(source):
+        entries = [_single_image(source, pool)]
+    elif source.is_file():
         entries = list(_read_manifest(source, classes))
     elif source.is_dir():
         entries = list(_walk_folder(source, pool, classes))
     else:
-        raise InputError(f"source {source} is neither a folder nor a CSV manifest")
+        raise InputError(f"source {source} is neither a folder, an image nor a CSV manifest")
     if pool == "unlabeled":
         labelled = [e.path for e in entries if e.label is not None]
         if labelled:
@@ -98,6 +100,21 @@ def list_source(source: Path, pool: str, classes: Sequence[str]) -> list[Entry]:
                 f"the {pool} pool needs a label for every image"
             )
     return entries
+
+
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _single_image(path: Path, pool: str) -> Entry:
+    """A source that is one image file is a source of one; only unlabeled takes it, since a file
+    alone carries no class."""
+    if pool != "unlabeled":
+        raise InputError(
+            f"{path} is a single image, and the {pool} pool needs its class: add a folder with "
+            "one sub-folder per class, or a CSV manifest with path and label columns"
+        )
+    return Entry(os.path.abspath(path), None, None)
 
 
 def _walk_folder(root: Path, pool: str, classes: Sequence[str]) -> Iterator[Entry]:
@@ -264,7 +281,8 @@ def import_source(
                               max_pixels=max_pixels, workers=workers, progress=progress, step=step,
                               total=total)
     entries = list_source(source, pool, classes)
-    within = str(source.parent.resolve()) if source.is_file() else None
+    is_manifest = source.is_file() and not _is_image_name(source)
+    within = str(source.parent.resolve()) if is_manifest else None
     return import_entries(store, entries, pool, max_pixels=max_pixels,
                           holdout_fraction=holdout_fraction, seed=seed, workers=workers,
                           progress=progress, step=step, within=within)
