@@ -142,6 +142,8 @@ def add(
         say(f"{report.promoted} moved from unlabeled to labeled by their new label")
     if report.released:
         say(f"{len(report.released)} released from quarantine (re-added; their history is kept)")
+    if report.relocated:
+        say(f"{len(report.relocated)} relocated: known files found at a new path (the old is gone)")
     for what, rows in (("duplicate", report.duplicates), ("conflict", report.conflicts),
                        ("quarantined", report.quarantined)):
         if rows:
@@ -300,6 +302,7 @@ def main() -> None:
 
 
 def _register_round_commands() -> None:
+    from sslall.cli import _data as cli_data
     from sslall.cli import _insight as cli_insight
     from sslall.cli import _label as cli_label
     from sslall.cli import _round as cli_round
@@ -307,6 +310,7 @@ def _register_round_commands() -> None:
     cli_round.register(app)
     cli_label.register(app)
     cli_insight.register(app)
+    cli_data.register(app)
 
 
 _register_round_commands()

@@ -58,6 +58,7 @@ class ImportReport:
     quarantined: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     released: list[tuple[str, str]] = field(default_factory=list)
+    relocated: list[tuple[str, str]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {
@@ -68,6 +69,7 @@ class ImportReport:
             "quarantined": [{"path": p, "reason": r} for p, r in self.quarantined],
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "released": [{"path": p, "pool": q} for p, q in self.released],
+            "relocated": [{"path": p, "was": o} for p, o in self.relocated],
         }
 
 
@@ -353,8 +355,11 @@ def _import(store: PoolStore, entries: Iterable[Entry], pool: str, max_pixels: i
 
 def _reconcile(store: PoolStore, report: ImportReport, entry: Entry, sid: str, target: str,
                reason: str | None, quarantined: dict[str, str]) -> NewSample | None:
-    """Decide what an examined file becomes: new, no-op, duplicate, conflict, promotion, or the
-    release of its quarantined row (one file is one sample, whatever its history)."""
+    """Decide what an examined file becomes: new, no-op, duplicate, conflict, promotion, the
+    release of its quarantined row (one file is one sample, whatever its history), or the new
+    path of a known sample whose recorded file is gone (its folder moved)."""
+    from sslall.store._relocate import relocate_sample
+
     existing = store.get(sid)
     if existing is None:
         if reason:
@@ -368,6 +373,12 @@ def _reconcile(store: PoolStore, report: ImportReport, entry: Entry, sid: str, t
         return None
     if existing.path == entry.path:
         report.already_present += 1
+    elif not reason and not os.path.exists(existing.path):
+        moved = relocate_sample(store, existing, entry.path)
+        report.relocated.append((entry.path, existing.path))
+        if moved.released_to:
+            report.released.append((entry.path, moved.released_to))
+        existing = store.get(sid) or existing
     else:
         report.duplicates.append((entry.path, existing.path))
         store.record_alias(entry.path, sid, entry.label)

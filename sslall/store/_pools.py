@@ -24,6 +24,7 @@ from sslall.store._records import (
     POOLS,
     Move,
     NewSample,
+    PathChange,
     RoundRecord,
     Sample,
     utc_now,
@@ -296,6 +297,30 @@ class PoolStore:
                     " VALUES (?, ?, ?, ?)",
                     (record.round, record.started_at, now, json.dumps(record.summary)),
                 )
+
+    def set_paths(self, changes: Sequence[PathChange], *, round_no: int, actor: str) -> None:
+        """Record that samples' files are now at other paths, in one transaction: each row's
+        path and its import alias change, and an event (pool to the same pool, label kept)
+        names both paths, so the log says where every file was.
+
+        Raises:
+            IntegrityError: a sample is unknown, or its path is no longer `old_path`.
+        """
+        now = utc_now()
+        with self.transaction():
+            for c in changes:
+                row = self.conn.execute("SELECT path, pool, label, confidence FROM samples"
+                                        " WHERE id = ?", (c.sample_id,)).fetchone()
+                if row is None or row[0] != c.old_path:
+                    raise IntegrityError(f"sample {c.sample_id[:12]} is not at {c.old_path}")
+                self.conn.execute("UPDATE samples SET path = ?, updated_at = ? WHERE id = ?",
+                                  (c.new_path, now, c.sample_id))
+                self.conn.execute("UPDATE OR IGNORE aliases SET path = ? WHERE path = ? AND"
+                                  " sample_id = ?", (c.new_path, c.old_path, c.sample_id))
+                self.conn.execute("DELETE FROM aliases WHERE path = ? AND sample_id = ?",
+                                  (c.old_path, c.sample_id))
+                self._event(now, round_no, c.sample_id, row[1], row[1], row[2], row[3],
+                            f"relocated from {c.old_path} to {c.new_path}", actor)
 
     def _event(self, now: str, round_no: int, sample_id: str, from_pool: str | None,
                to_pool: str, label: str | None, confidence: float | None, reason: str,

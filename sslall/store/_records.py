@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 __all__ = ["HUMAN_SOURCES", "LABELED_POOLS", "MACHINE", "POOLS", "SCORED_POOLS", "Move", "NewSample",
-           "RoundRecord", "Sample", "utc_now"]
+           "PathChange", "RoundRecord", "Sample", "utc_now"]
 
 POOLS = ("labeled", "unlabeled", "pseudo", "review", "holdout", "quarantine")
 LABELED_POOLS = ("labeled", "pseudo", "holdout")
@@ -67,6 +67,16 @@ class Move:
     confidence: float | None = None
     prediction: str | None = None
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class PathChange:
+    """A sample's file found at another path (its folder moved); `old_path` guards against
+    stale changes."""
+
+    sample_id: str
+    old_path: str
+    new_path: str
 
 
 @dataclass(frozen=True)
