@@ -49,7 +49,7 @@ from sslall.model._last_stage import (
     train_last_stage,
 )
 from sslall.model._train import param_groups
-from sslall.store._importer import list_source
+from sslall.store._sources import list_source
 
 DEFAULTS = Config(classes=("a", "b"))  # the round's training defaults
 

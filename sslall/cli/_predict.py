@@ -76,7 +76,7 @@ def predict_cmd(
 def _predict_inputs(paths: list[Path], classes: list[str]) -> list[str]:
     """The images `predict` was given: a folder stands for every image under it (sorted), a
     `.csv` file for the paths its manifest lists; any other path is an image as given."""
-    from sslall.store._listing import list_images
+    from sslall.store._sources import list_images
 
     images: list[str] = []
     for p in paths:

@@ -76,7 +76,7 @@ class CompareResult:
 def labelled_from_folder(root: Path) -> Labelled:
     """A class-per-folder tree (sub-folder names are the classes), deduplicated by content."""
     from sslall.experiments._simulate import class_folders
-    from sslall.store._importer import list_source
+    from sslall.store._sources import list_source
 
     classes = class_folders(root)
     entries = list_source(root, "labeled", classes)

@@ -24,10 +24,11 @@ from sslall.decide._metrics import classification_metrics, softmax
 from sslall.errors import InputError, UsageError
 from sslall.model._learner import fit_learner
 from sslall.rounds import run_round
-from sslall.store._importer import Entry, import_entries, list_source
+from sslall.store._importer import import_entries
 from sslall.store._pools import PoolStore
 from sslall.store._records import Move
 from sslall.store._snapshot import Snapshot
+from sslall.store._sources import Entry, list_source
 from sslall.workspace import Workspace, create_workspace
 
 

@@ -1,12 +1,9 @@
 """`sslall add`: bring images into a pool, safely and in a stream.
 
-A source is a folder (class sub-folders for labeled/holdout, any tree for unlabeled), one image
-(unlabeled only) or a CSV manifest (`path`, optional `label`, `patient`; paths relative to the
-manifest and never outside its folder; each file on one row only). The source is validated
-first (cheap: names only; a folder is walked once to count it and again to import, so memory
-does not grow with its size), then every file is hashed and fully decoded in worker processes,
-a bounded window at a time, and committed in batches: a killed import leaves complete batches,
-and re-running it picks up where it stopped.
+A source (`sslall.store._sources`) is validated first (cheap: names only; a folder is walked
+once to count it and again to import, so memory does not grow with its size), then every file
+is hashed and fully decoded in worker processes, a bounded window at a time, and committed in
+batches: a killed import leaves complete batches, and re-running it picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -25,25 +22,15 @@ from typing import BinaryIO
 from sslall._faults import fault_point
 from sslall._fsutil import NotRegularFile, open_regular, sha256_handle, worker_started
 from sslall._progress import Progress
-from sslall.data._images import IMAGE_SUFFIXES, UnreadableImage, inspect_image
-from sslall.errors import InputError, NotFoundError, SslallError, UsageError
-from sslall.store._csvtext import read_table
+from sslall.data._images import UnreadableImage, inspect_image
+from sslall.errors import SslallError, UsageError
 from sslall.store._holdout import HoldoutPlanner
 from sslall.store._pools import PoolStore
 from sslall.store._records import Move, NewSample
+from sslall.store._sources import IMPORT_POOLS, Entry, is_image_name, list_source, walk_folder
 
-IMPORT_POOLS = ("labeled", "unlabeled", "holdout")
 WINDOW = 1024
 BATCH = 512
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One file named by a source, before it is read."""
-
-    path: str
-    label: str | None
-    patient: str | None
 
 
 @dataclass
@@ -71,140 +58,6 @@ class ImportReport:
             "released": [{"path": p, "pool": q} for p, q in self.released],
             "relocated": [{"path": p, "was": o} for p, o in self.relocated],
         }
-
-
-def list_source(source: Path, pool: str, classes: Sequence[str]) -> list[Entry]:
-    """Validate a source and list its entries (names only, nothing is read yet)."""
-    if pool not in IMPORT_POOLS:
-        raise UsageError(f"cannot add to pool {pool!r} (allowed: {', '.join(IMPORT_POOLS)})")
-    if not os.path.lexists(source):
-        raise NotFoundError(f"source {source} does not exist")
-    if source.is_file() and _is_image_name(source):
-        entries = [_single_image(source, pool)]
-    elif source.is_file():
-        entries = list(_read_manifest(source, classes))
-    elif source.is_dir():
-        entries = list(_walk_folder(source, pool, classes))
-    else:
-        raise InputError(f"source {source} is neither a folder, an image nor a CSV manifest")
-    if pool == "unlabeled":
-        labelled = [e.path for e in entries if e.label is not None]
-        if labelled:
-            raise InputError(
-                f"{len(labelled)} entries have a label, e.g. {labelled[0]!r}, but the unlabeled "
-                "pool takes none: add them to labeled, or remove the label column"
-            )
-    if pool in ("labeled", "holdout"):
-        unlabeled = [e.path for e in entries if e.label is None]
-        if unlabeled:
-            raise InputError(
-                f"{len(unlabeled)} entries have no label, e.g. {unlabeled[0]!r}; "
-                f"the {pool} pool needs a label for every image"
-            )
-    return entries
-
-
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
-
-
-def _single_image(path: Path, pool: str) -> Entry:
-    """A source that is one image file is a source of one; only unlabeled takes it, since a file
-    alone carries no class."""
-    if pool != "unlabeled":
-        raise InputError(
-            f"{path} is a single image, and the {pool} pool needs its class: add a folder with "
-            "one sub-folder per class, or a CSV manifest with path and label columns"
-        )
-    return Entry(os.path.abspath(path), None, None)
-
-
-def _walk_folder(root: Path, pool: str, classes: Sequence[str]) -> Iterator[Entry]:
-    root = Path(os.path.abspath(root))
-    if pool == "unlabeled":
-        for entry in _walk_images(root):
-            yield Entry(entry, None, None)
-        return
-    with os.scandir(root) as listing:
-        top = list(listing)
-    # A symlink to a folder counts as a class folder (and is imported); an image beside the
-    # class folders has no class, so the whole import is refused rather than skipping it.
-    subdirs = sorted(d.name for d in top if d.is_dir())
-    loose = sorted(d.name for d in top
-                   if not d.is_dir() and Path(d.name).suffix.lower() in IMAGE_SUFFIXES)
-    if loose:
-        raise InputError(
-            f"folder {root} has {len(loose)} image(s) outside the class sub-folders, e.g. "
-            f"{loose[0]!r}; a {pool} image's class is its sub-folder: move them into one, or "
-            "add them to unlabeled"
-        )
-    unknown = [d for d in subdirs if d not in classes]
-    if unknown:
-        raise InputError(
-            f"folder {root} has sub-folder(s) {unknown} that are not classes "
-            f"(allowed: {', '.join(classes)})"
-        )
-    if not subdirs:
-        raise InputError(
-            f"a {pool} folder needs one sub-folder per class ({', '.join(classes)}); {root} has none"
-        )
-    for name in subdirs:
-        for entry in _walk_images(root / name):
-            yield Entry(entry, name, None)
-
-
-def _walk_images(root: Path) -> Iterator[str]:
-    """Image-named files under root, sorted, symlinks to files included, loops not followed."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                yield os.path.join(dirpath, name)
-
-
-def _read_manifest(path: Path, classes: Sequence[str]) -> Iterator[Entry]:
-    root = path.parent.resolve()
-    try:
-        handle = open_regular(path, "r", newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise InputError(f"cannot read manifest {path}: {exc.strerror}") from None
-    with handle:
-        columns, rows = read_table(handle, f"manifest {path.name}")
-    if "path" not in columns:
-        raise InputError(
-            f"manifest {path.name} has no 'path' column (columns: {', '.join(columns) or 'none'}; "
-            "expected path and optionally label, patient)"
-        )
-    extra = [c for c in columns if c not in ("path", "label", "patient")]
-    if extra:
-        raise InputError(
-            f"manifest {path.name} has unknown column(s) {extra} (allowed: path, label, patient)"
-        )
-    seen: dict[str, int] = {}
-    for line, row in rows:
-        raw = (row.get("path") or "").strip()
-        if not raw:
-            raise InputError(f"manifest {path.name} line {line}: empty path")
-        label = (row.get("label") or "").strip() or None
-        if label is not None and label not in classes:
-            raise InputError(
-                f"manifest {path.name} line {line}: label {label!r} is not a class "
-                f"(allowed: {', '.join(classes)})"
-            )
-        full = Path(raw) if Path(raw).is_absolute() else root / raw
-        if not full.resolve().is_relative_to(root):
-            raise InputError(
-                f"manifest {path.name} line {line}: path {raw!r} is outside the "
-                f"manifest's folder {root}"
-            )
-        full_str = os.path.abspath(full)
-        if full_str in seen:
-            raise InputError(
-                f"manifest {path.name} line {line}: path {raw!r} is already on line "
-                f"{seen[full_str]}; list each file once"
-            )
-        seen[full_str] = line
-        yield Entry(full_str, label, (row.get("patient") or "").strip() or None)
 
 
 def examine(path: str, max_pixels: int, within: str | None = None) -> tuple[str, str | None]:
@@ -278,12 +131,12 @@ def import_source(
     (which must see every label to stratify), are listed in memory first.
     """
     if pool in IMPORT_POOLS and source.is_dir() and not holdout_fraction:
-        total = sum(1 for _ in _walk_folder(source, pool, classes))
-        return import_entries(store, _walk_folder(source, pool, classes), pool,
+        total = sum(1 for _ in walk_folder(source, pool, classes))
+        return import_entries(store, walk_folder(source, pool, classes), pool,
                               max_pixels=max_pixels, workers=workers, progress=progress, step=step,
                               total=total)
     entries = list_source(source, pool, classes)
-    is_manifest = source.is_file() and not _is_image_name(source)
+    is_manifest = source.is_file() and not is_image_name(source)
     within = str(source.parent.resolve()) if is_manifest else None
     return import_entries(store, entries, pool, max_pixels=max_pixels,
                           holdout_fraction=holdout_fraction, seed=seed, workers=workers,

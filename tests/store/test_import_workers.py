@@ -13,8 +13,9 @@ import pytest
 from conftest import CLASSES, paused, sslall, write_image
 
 from sslall._fsutil import sha256_file
-from sslall.store._importer import import_entries, list_source
+from sslall.store._importer import import_entries
 from sslall.store._pools import PoolStore
+from sslall.store._sources import list_source
 
 
 def children_of(pid: int) -> list[int]:
