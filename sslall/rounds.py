@@ -200,6 +200,7 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
             last = store.rounds()[-1] if store.last_round() else {}
             result = RoundResult(round_no, ws.round_dir(round_no), _count_moves(moves), metrics,
                                  last.get("metrics"), pools_after, seconds,
+                                 warnings=_holdout_warnings(snapshot),
                                  human_labels_added=_human_labels(pools_before)
                                  - _human_labels(last.get("pools", pools_before)))
             with _timed(seconds, "record"):
@@ -214,13 +215,14 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
                                   record=RoundRecord(round_no, started, {
                                       **result.summary(), **{k: extra[k] for k in
                                                              ("mode", "device", "thresholds")}}))
+        _prune_after_commit(ws, store, config, result)
         if pulled is not None:
             with _timed(seconds, "push"):
                 pushed = push_if_configured(ws, config, store)
             result.labelstudio = {"pull": pulled.as_dict(), "push": pushed and pushed.as_dict()}
-            result.warnings = [r.error for r in (pulled, pushed) if r and r.error]
-            for line in result.warnings:
-                log.warning("%s", line)
+            result.warnings += [r.error for r in (pulled, pushed) if r and r.error]
+    for line in result.warnings:
+        log.warning("%s", line)
     return result
 
 
@@ -296,6 +298,33 @@ def _follow_round(ws: Workspace, config: Config, dist: Dist) -> None:
     learner = fit_learner(config, snapshot, cache_dir=ws.cache_dir, seed=config.train.seed + round_no,
                           dist=dist)
     learner.score(snapshot.rows)
+
+
+def _holdout_warnings(snapshot: Snapshot) -> list[str]:
+    """The holdout-too-small line (`sslall.store._holdout.holdout_warning`), if it applies."""
+    from sslall.store._holdout import holdout_warning
+
+    line = holdout_warning(Counter(s.label for s in snapshot.rows if s.pool == "holdout"),
+                           snapshot.classes)
+    return [line] if line else []
+
+
+def _prune_after_commit(ws: Workspace, store: PoolStore, config: Config, result: RoundResult) -> None:
+    """Remove old round folders by `runs.keep_last` (under the round's lock, after its commit);
+    a folder that cannot be removed is a warning, never a failed round."""
+    from sslall.report._prune import prune_runs
+
+    if config.runs.keep_last == 0:
+        return
+    try:
+        plan = prune_runs(ws, store, config.runs.keep_last)
+    except OSError as exc:
+        result.warnings.append(f"old round folders were not pruned: {exc.strerror or exc}"
+                               f"{f': {exc.filename}' if exc.filename else ''}")
+        return
+    if plan.remove:
+        log.info("pruned the folders of round(s) %s (runs.keep_last = %d)",
+                 ", ".join(map(str, plan.remove)), config.runs.keep_last)
 
 
 def _require_training_data(snapshot: Snapshot) -> None:

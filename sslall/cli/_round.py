@@ -292,7 +292,7 @@ def review_import(
 def predict_cmd(
     paths: Annotated[list[Path], typer.Argument(help="Image files.")],
     checkpoint: Annotated[Path | None, typer.Option(help="A round folder or model.safetensors "
-                          "(default: the latest round).")] = None,
+                          "(default: the promoted round, else the best by holdout macro-F1).")] = None,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     workspace: WorkspaceOption = None, json_out: JsonFlag = False,
 ) -> None:
@@ -302,11 +302,12 @@ def predict_cmd(
     Example:
       sslall predict cell1.png cell2.png --json
     """
-    from sslall.model._inference import Predictor, latest_checkpoint
+    from sslall.model._choice import chosen_checkpoint
+    from sslall.model._inference import Predictor
 
     if checkpoint is None:
         ws, _ = open_workspace(workspace)
-        checkpoint = latest_checkpoint(ws)
+        checkpoint = chosen_checkpoint(ws)
     predictor = Predictor(checkpoint)
     preds = predictor.predict(paths)
     rows = []
@@ -345,7 +346,8 @@ def predict_cmd(
 
 def evaluate_cmd(
     folder: Annotated[Path, typer.Argument(help="A class-per-folder image set.")],
-    checkpoint: Annotated[Path | None, typer.Option(help="A round folder (default: latest).")]
+    checkpoint: Annotated[Path | None, typer.Option(help="A round folder (default: the promoted round, "
+                          "else the best by holdout macro-F1).")]
     = None,
     workspace: WorkspaceOption = None, json_out: JsonFlag = False,
 ) -> None:
@@ -355,11 +357,12 @@ def evaluate_cmd(
     Example:
       sslall evaluate ./test-cells --json
     """
-    from sslall.model._inference import Predictor, evaluate_folder, latest_checkpoint
+    from sslall.model._choice import chosen_checkpoint
+    from sslall.model._inference import Predictor, evaluate_folder
 
     if checkpoint is None:
         ws, _ = open_workspace(workspace)
-        checkpoint = latest_checkpoint(ws)
+        checkpoint = chosen_checkpoint(ws)
     predictor = Predictor(checkpoint)
     metrics = evaluate_folder(predictor, folder)
     if json_out:

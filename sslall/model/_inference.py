@@ -20,8 +20,6 @@ from sslall.errors import InputError, NotFoundError
 from sslall.model._backbones import build_classifier_from_checkpoint
 from sslall.model._checkpoints import load_checkpoint
 from sslall.model._devices import resolve_device
-from sslall.store._pools import PoolStore
-from sslall.workspace import Workspace
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -37,16 +35,6 @@ class Prediction:
     path: str
     probs: np.ndarray | None
     error: str | None = None
-
-
-def latest_checkpoint(ws: Workspace) -> Path:
-    """The checkpoint of the last committed round (the store, not the folder listing, decides)."""
-    with PoolStore(ws.db_path, read_only=True) as store:
-        last = store.last_round()
-    if last == 0:
-        raise NotFoundError("no round has finished yet, so there is no checkpoint; run "
-                            "`sslall round` first or pass --checkpoint")
-    return ws.round_dir(last)
 
 
 def checkpoint_preprocess(meta: dict) -> PreprocessConfig | None:
