@@ -6,6 +6,8 @@ sample weights for the next round and the round's record commit in one transacti
 files are written to a temporary folder and renamed into `runs/round-NNNN/` just before that
 commit; the store is the truth, so a folder without a committed round is left-over from a killed
 round and is replaced by the next one. A round killed at any point leaves the pools as they were.
+After its commit, with `runs.keep_last` above 0, the round removes old round folders, still
+under its lock (`sslall.report._prune`); a holdout too small to trust is a line in `warnings`.
 
 With `[labelstudio] url` set, the round first pulls the annotators' answers (their moves commit
 on their own, before training, so the round trains on them) and, after its commit, pushes the
@@ -39,6 +41,7 @@ from sslall.config import Config
 from sslall.errors import SslallError, UsageError
 from sslall.model._distributed import Dist, RankZeroFailed, broadcast
 from sslall.model._launcher import record_exit_code
+from sslall.store._holdout import holdout_warning
 from sslall.store._pools import PoolStore
 from sslall.store._records import Move, RoundRecord, utc_now
 from sslall.store._snapshot import Snapshot, take_snapshot
@@ -302,8 +305,6 @@ def _follow_round(ws: Workspace, config: Config, dist: Dist) -> None:
 
 def _holdout_warnings(snapshot: Snapshot) -> list[str]:
     """The holdout-too-small line (`sslall.store._holdout.holdout_warning`), if it applies."""
-    from sslall.store._holdout import holdout_warning
-
     line = holdout_warning(Counter(s.label for s in snapshot.rows if s.pool == "holdout"),
                            snapshot.classes)
     return [line] if line else []
