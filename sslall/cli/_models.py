@@ -43,7 +43,7 @@ def _user() -> str:
 
 
 def promote_cmd(
-    round_no: Annotated[int | None, typer.Argument(metavar="[ROUND]", help="The round whose "
+    round_no: Annotated[int | None, typer.Argument(metavar="ROUND", help="The round whose "
                         "model predict, evaluate, explain and label push use.")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Drop the promotion: use the best round "
                      "by holdout macro-F1 again (else the latest).")] = False,
@@ -114,8 +114,9 @@ def prune_cmd(
         say("keeping every round folder (runs.keep_last is 0; pass --keep-last N to prune)")
         return
     verb = "would remove" if dry_run else "removed"
-    removed = ", ".join(map(str, plan.remove)) or "none"
-    say(f"{verb} the folders of round(s) {removed}; kept " + "; ".join(
+    removed = (f"{verb} the folders of round(s) {', '.join(map(str, plan.remove))}"
+               if plan.remove else "nothing to remove")
+    say(f"{removed}; keeping round(s) " + "; ".join(
         f"{r} ({', '.join(why)})" for r, why in sorted(plan.keep.items())))
 
 

@@ -58,7 +58,8 @@ def promote_round(ws: Workspace, store: PoolStore, round_no: int | None, by: str
     if round_no is not None:
         committed = [r["round"] for r in store.rounds()]
         if round_no not in committed:
-            span = f"rounds 1-{committed[-1]}" if committed else "no round yet"
+            span = ("no round yet" if not committed else "only round 1" if committed[-1] == 1
+                    else f"rounds 1-{committed[-1]}")
             raise NotFoundError(f"round {round_no} is not a finished round ({span})")
         if not has_checkpoint(ws, round_no):
             raise NotFoundError(f"round {round_no} has no checkpoint folder "
