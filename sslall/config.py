@@ -218,6 +218,15 @@ class LabelStudioConfig:
 
 
 @dataclass(frozen=True)
+class RunsConfig:
+    """The round folders `runs/round-NNNN/` (see `sslall.report._prune`)."""
+
+    keep_last: int = setting(
+        0, "after each round keep the folders of the last N rounds, the promoted round and the "
+        "best by holdout macro-F1, removing the others (0 = keep every round)", within="[0, inf]")
+
+
+@dataclass(frozen=True)
 class Config:
     classes: tuple[str, ...] = setting(REQUIRED, "the class names, in order (2 or more, unique)")
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -229,6 +238,7 @@ class Config:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     labelstudio: LabelStudioConfig = field(default_factory=LabelStudioConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    runs: RunsConfig = field(default_factory=RunsConfig)
 
 
 # the [section] tables, in file order: each section field's default factory is its dataclass

@@ -6,6 +6,8 @@ sample weights for the next round and the round's record commit in one transacti
 files are written to a temporary folder and renamed into `runs/round-NNNN/` just before that
 commit; the store is the truth, so a folder without a committed round is left-over from a killed
 round and is replaced by the next one. A round killed at any point leaves the pools as they were.
+After its commit, with `runs.keep_last` above 0, the round removes old round folders, still
+under its lock (`sslall.report._prune`); a holdout too small to trust is a line in `warnings`.
 
 With `[labelstudio] url` set, the round first pulls the annotators' answers (their moves commit
 on their own, before training, so the round trains on them) and, after its commit, pushes the
@@ -39,6 +41,7 @@ from sslall.config import Config
 from sslall.errors import SslallError, UsageError
 from sslall.model._distributed import Dist, RankZeroFailed, broadcast
 from sslall.model._launcher import record_exit_code
+from sslall.store._holdout import holdout_warning
 from sslall.store._pools import PoolStore
 from sslall.store._records import Move, RoundRecord, utc_now
 from sslall.store._snapshot import Snapshot, take_snapshot
@@ -200,6 +203,7 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
             last = store.rounds()[-1] if store.last_round() else {}
             result = RoundResult(round_no, ws.round_dir(round_no), _count_moves(moves), metrics,
                                  last.get("metrics"), pools_after, seconds,
+                                 warnings=_holdout_warnings(snapshot),
                                  human_labels_added=_human_labels(pools_before)
                                  - _human_labels(last.get("pools", pools_before)))
             with _timed(seconds, "record"):
@@ -214,15 +218,16 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
                                   record=RoundRecord(round_no, started, {
                                       **result.summary(), **{k: extra[k] for k in
                                                              ("mode", "device", "thresholds")}}))
+        _prune_after_commit(ws, store, config, result)
         if pulled is not None:
             with _timed(seconds, "push"):
                 pushed = push_if_configured(ws, config, store)
             result.labelstudio = {"pull": pulled.as_dict(), "push": pushed and pushed.as_dict()}
-            result.warnings = [r.error for r in (pulled, pushed) if r and r.error]
+            result.warnings += [r.error for r in (pulled, pushed) if r and r.error]
         elif config.route.route != "retrain":
-            result.warnings = [_no_labelstudio(config.route.route, result.pools.get("review", 0))]
-        for line in result.warnings:
-            log.warning("%s", line)
+            result.warnings.append(_no_labelstudio(config.route.route, result.pools.get("review", 0)))
+    for line in result.warnings:
+        log.warning("%s", line)
     return result
 
 
@@ -307,6 +312,31 @@ def _follow_round(ws: Workspace, config: Config, dist: Dist) -> None:
     learner = fit_learner(config, snapshot, cache_dir=ws.cache_dir, seed=config.train.seed + round_no,
                           dist=dist)
     learner.score(snapshot.rows)
+
+
+def _holdout_warnings(snapshot: Snapshot) -> list[str]:
+    """The holdout-too-small line (`sslall.store._holdout.holdout_warning`), if it applies."""
+    line = holdout_warning(Counter(s.label for s in snapshot.rows if s.pool == "holdout"),
+                           snapshot.classes)
+    return [line] if line else []
+
+
+def _prune_after_commit(ws: Workspace, store: PoolStore, config: Config, result: RoundResult) -> None:
+    """Remove old round folders by `runs.keep_last` (under the round's lock, after its commit);
+    a folder that cannot be removed is a warning, never a failed round."""
+    from sslall.report._prune import prune_runs
+
+    if config.runs.keep_last == 0:
+        return
+    try:
+        plan = prune_runs(ws, store, config.runs.keep_last)
+    except OSError as exc:
+        result.warnings.append(f"old round folders were not pruned: {exc.strerror or exc}"
+                               f"{f': {exc.filename}' if exc.filename else ''}")
+        return
+    if plan.remove:
+        log.info("pruned the folders of round(s) %s (runs.keep_last = %d)",
+                 ", ".join(map(str, plan.remove)), config.runs.keep_last)
 
 
 def _require_training_data(snapshot: Snapshot) -> None:

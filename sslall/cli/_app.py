@@ -25,9 +25,12 @@ from sslall.cli._console import (
     progress_bar,
     say,
     set_flags,
+    warn,
 )
+from sslall.cli._models import model_in_use, model_line
 from sslall.config import Config, ModelConfig, parse_classes
 from sslall.errors import ConfigError, IntegrityError, UsageError
+from sslall.store._holdout import holdout_warning
 from sslall.store._pools import PoolStore
 from sslall.store._records import POOLS
 from sslall.workspace import Workspace, create_workspace, lock_is_held, read_lock_holder, round_lock
@@ -164,6 +167,7 @@ def status_data(ws: Workspace, config: Config) -> dict:
         counts = store.counts()
         rounds = store.rounds()
         last = store.last_round()
+        model = model_in_use(ws, store)
     # The store decides: a round folder without a committed round is a killed round's leftover.
     checkpoint = ws.round_dir(last) if last and (ws.round_dir(last) / "model.json").exists() else None
     holder = read_lock_holder(ws) if lock_is_held(ws) else None
@@ -175,6 +179,8 @@ def status_data(ws: Workspace, config: Config) -> dict:
                       for p in POOLS},
         "rounds": rounds,
         "latest_checkpoint": str(checkpoint) if checkpoint else None,
+        "model": model,
+        "holdout_warning": holdout_warning(counts["holdout"], config.classes),
         "running": holder,
     }
 
@@ -222,6 +228,9 @@ def status(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> Non
     else:
         console.print("no rounds yet")
     console.print(f"latest checkpoint: {data['latest_checkpoint'] or 'none'}")
+    console.print(model_line(data["model"]))
+    if data["holdout_warning"]:
+        warn(data["holdout_warning"])
     if data["running"]:
         console.print(f"running now: {data['running'].get('command')} "
                       f"(pid {data['running'].get('pid')}, since {data['running'].get('started')})")
@@ -303,14 +312,18 @@ def main() -> None:
 
 def _register_round_commands() -> None:
     from sslall.cli import _data as cli_data
+    from sslall.cli import _holdout as cli_holdout
     from sslall.cli import _insight as cli_insight
     from sslall.cli import _label as cli_label
+    from sslall.cli import _models as cli_models
     from sslall.cli import _round as cli_round
 
     cli_round.register(app)
     cli_label.register(app)
     cli_insight.register(app)
     cli_data.register(app)
+    cli_models.register(app)
+    cli_holdout.register(app)
 
 
 _register_round_commands()

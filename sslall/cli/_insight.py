@@ -20,17 +20,18 @@ from sslall.cli._console import (
 from sslall.errors import InputError, SslallError
 
 Checkpoint = Annotated[Path | None, typer.Option(help="A round folder or model.safetensors "
-                       "(default: the latest round).")]
+                       "(default: the promoted round, else the best by holdout macro-F1).")]
 
 
 def resolve_checkpoint(checkpoint: Path | None, workspace: Path | None) -> Path:
-    """The checkpoint asked for, else the workspace's latest round (as `sslall predict`)."""
+    """The checkpoint asked for, else the workspace's promoted or best round (as `sslall
+    predict`)."""
     if checkpoint is not None:
         return checkpoint
-    from sslall.model._inference import latest_checkpoint
+    from sslall.model._choice import chosen_checkpoint
 
     ws, _ = open_workspace(workspace)
-    return latest_checkpoint(ws)
+    return chosen_checkpoint(ws)
 
 
 def explain_cmd(

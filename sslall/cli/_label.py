@@ -58,7 +58,7 @@ def push_cmd(
     with_cam: Annotated[bool, typer.Option("--with-cam", help="Attach a Grad-CAM overlay "
                         "(where the model looked) to each new task, shown under the cell.")] = False,
     checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint for --with-cam (default: "
-                          "the latest round).")] = None,
+                          "the promoted round, else the best by holdout macro-F1).")] = None,
     workspace: WorkspaceOption = None, json_out: JsonFlag = False,
 ) -> None:
     """Send every review cell not yet sent as a task with the model's guess pre-selected;

@@ -17,7 +17,7 @@ def predict_cmd(
     paths: Annotated[list[Path], typer.Argument(help="Image files, folders (every image under "
                      "them, sorted) or CSV manifests (.csv, a path column as `sslall add` reads).")],
     checkpoint: Annotated[Path | None, typer.Option(help="A round folder or model.safetensors "
-                          "(default: the latest round).")] = None,
+                          "(default: the promoted round, else the best by holdout macro-F1).")] = None,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     workspace: WorkspaceOption = None, json_out: JsonFlag = False,
 ) -> None:
@@ -28,11 +28,12 @@ def predict_cmd(
       sslall predict cell1.png cell2.png --json
       sslall predict ./new-cells manifest.csv --csv
     """
-    from sslall.model._inference import Predictor, latest_checkpoint
+    from sslall.model._choice import chosen_checkpoint
+    from sslall.model._inference import Predictor
 
     if checkpoint is None:
         ws, _ = open_workspace(workspace)
-        checkpoint = latest_checkpoint(ws)
+        checkpoint = chosen_checkpoint(ws)
     predictor = Predictor(checkpoint)
     preds = predictor.predict(_predict_inputs(paths, predictor.classes))
     rows = []
@@ -89,7 +90,8 @@ def _predict_inputs(paths: list[Path], classes: list[str]) -> list[str]:
 
 def evaluate_cmd(
     folder: Annotated[Path, typer.Argument(help="A class-per-folder image set.")],
-    checkpoint: Annotated[Path | None, typer.Option(help="A round folder (default: latest).")]
+    checkpoint: Annotated[Path | None, typer.Option(help="A round folder (default: the promoted round, "
+                          "else the best by holdout macro-F1).")]
     = None,
     workspace: WorkspaceOption = None, json_out: JsonFlag = False,
 ) -> None:
@@ -100,11 +102,12 @@ def evaluate_cmd(
     Example:
       sslall evaluate ./test-cells --json
     """
-    from sslall.model._inference import Predictor, evaluate_folder, latest_checkpoint
+    from sslall.model._choice import chosen_checkpoint
+    from sslall.model._inference import Predictor, evaluate_folder
 
     ws = _evaluated_against(workspace, checkpoint)
     if checkpoint is None:
-        checkpoint = latest_checkpoint(ws)
+        checkpoint = chosen_checkpoint(ws)
     predictor = Predictor(checkpoint)
     metrics = evaluate_folder(predictor, folder, ws)
     if json_out:

@@ -42,16 +42,6 @@ class Prediction:
     error: str | None = None
 
 
-def latest_checkpoint(ws: Workspace) -> Path:
-    """The checkpoint of the last committed round (the store, not the folder listing, decides)."""
-    with PoolStore(ws.db_path, read_only=True) as store:
-        last = store.last_round()
-    if last == 0:
-        raise NotFoundError("no round has finished yet, so there is no checkpoint; run "
-                            "`sslall round` first or pass --checkpoint")
-    return ws.round_dir(last)
-
-
 def checkpoint_preprocess(meta: dict) -> PreprocessConfig | None:
     """The preprocessing a checkpoint was trained with (None for checkpoints from before it)."""
     values = meta.get("preprocess")

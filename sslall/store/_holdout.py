@@ -4,6 +4,10 @@ Without patients, each class gives exactly `round(fraction * n_class)` images, d
 seeded generator. With patients, whole patients go to the holdout (cells of one patient are
 never on both sides): patients are visited largest first (ties in a seeded random order) and one
 joins the holdout when that brings the per-class holdout counts closer to their targets.
+
+A holdout with fewer than `MIN_HOLDOUT_PER_CLASS` cells of some class gives metrics too noisy to
+trust (one cell more or less right moves that class's recall by 10 % or more); `holdout_warning`
+says so, for `sslall round` and `sslall status`.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+
+# Below this many holdout cells of a class, its F1 and the calibration are too noisy to trust.
+MIN_HOLDOUT_PER_CLASS = 10
 
 
 class _Entry(Protocol):
@@ -74,3 +81,17 @@ class HoldoutPlanner:
                 held.update(counts)
                 chosen.update(e.path for e in groups[g])
         return chosen
+
+
+def holdout_warning(per_class: dict[str | None, int], classes: Sequence[str]) -> str | None:
+    """One line when the holdout is non-empty but holds fewer than `MIN_HOLDOUT_PER_CLASS`
+    cells of some class (`per_class`: holdout cells per label); None when it is fine or empty
+    (an empty holdout gives no metrics at all, which `round` says on its own)."""
+    if not any(per_class.get(c, 0) for c in classes):
+        return None
+    small = [f"{c} {per_class.get(c, 0)}" for c in classes if per_class.get(c, 0) < MIN_HOLDOUT_PER_CLASS]
+    if not small:
+        return None
+    return (f"the holdout has fewer than {MIN_HOLDOUT_PER_CLASS} cells of class(es) "
+            f"{', '.join(small)}: its metrics are too noisy to trust; add more with "
+            "`sslall add holdout` or `sslall holdout carve --fraction 0.2`")

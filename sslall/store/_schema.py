@@ -69,8 +69,11 @@ CREATE TABLE IF NOT EXISTS rounds (
 """
 
 # Tables added after schema version 1 without a version bump: every open runs their
-# `CREATE TABLE IF NOT EXISTS`, so an older store gains them. One row per sample sent to Label
-# Studio, keyed on our sample id (Label Studio neither deduplicates nor keeps task ids unique).
+# `CREATE TABLE IF NOT EXISTS`, so an older store gains them. `labelstudio_tasks`: one row per
+# sample sent to Label Studio, keyed on our sample id (Label Studio neither deduplicates nor keeps
+# task ids unique). `promotions`: the append-only log of `sslall promote` (round NULL = cleared);
+# its last row is the promotion in force (`sslall.store._promotion`).
+_ADDED = ("labelstudio_tasks", "promotions")
 _ADDED_TABLES = """
 CREATE TABLE IF NOT EXISTS labelstudio_tasks (
     sample_id TEXT PRIMARY KEY,
@@ -81,6 +84,12 @@ CREATE TABLE IF NOT EXISTS labelstudio_tasks (
     pushed_at TEXT NOT NULL,
     resolved_at TEXT,
     outcome TEXT
+);
+CREATE TABLE IF NOT EXISTS promotions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    round INTEGER,
+    actor TEXT NOT NULL,
+    time TEXT NOT NULL
 );
 """
 
@@ -112,7 +121,7 @@ def ensure_schema(conn: sqlite3.Connection, path: Path, *, create: bool) -> None
 def _add_tables(conn: sqlite3.Connection) -> None:
     """Create the tables added since version 1 (a no-op, and no write, once they exist)."""
     have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if "labelstudio_tasks" not in have:
+    if not have.issuperset(_ADDED):
         try:
             conn.executescript(_ADDED_TABLES)
         except sqlite3.OperationalError:  # a read-only store still answers reads

@@ -129,7 +129,8 @@ def test_round_completes_when_the_server_hangs_and_catches_up_later(ls: Server, 
     finally:
         hung.close()
     assert result.exit_code == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")
+                and "the holdout has fewer" not in line]  # 5 holdout cells a class: warned too
     assert len(warnings) == 2, result.stderr
     assert "pull skipped" in warnings[0] and "push skipped" in warnings[1]
     assert all("did not answer within 1 s" in w for w in warnings)
@@ -147,7 +148,7 @@ def test_round_completes_when_the_server_hangs_and_catches_up_later(ls: Server, 
     result = invoke(runner, "round", "-w", ws, "--json")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout[result.stdout.index("{"):result.stdout.rindex("}") + 1])
-    assert summary["warnings"] == []
+    assert [w for w in summary["warnings"] if "the holdout has fewer" not in w] == []
     pull, push = summary["labelstudio"]["pull"], summary["labelstudio"]["push"]
     assert (pull["labeled"], pull["skipped"]) == (1, 1)
     assert push["pushed"] == pools(ws)["review"] - 2       # the two unanswered were pushed before
