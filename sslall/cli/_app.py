@@ -302,6 +302,7 @@ def main() -> None:
 
 
 def _register_round_commands() -> None:
+    from sslall.cli import _curation as cli_curation
     from sslall.cli import _data as cli_data
     from sslall.cli import _insight as cli_insight
     from sslall.cli import _label as cli_label
@@ -311,6 +312,7 @@ def _register_round_commands() -> None:
     cli_label.register(app)
     cli_insight.register(app)
     cli_data.register(app)
+    cli_curation.register(app)
 
 
 _register_round_commands()
