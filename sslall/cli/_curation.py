@@ -34,6 +34,8 @@ quarantine_app = typer.Typer(help="The quarantined samples: list them with their
 
 SampleRef = Annotated[str, typer.Argument(help="A sample id (or a unique prefix of at least 8 "
                       "hex characters) or the image's path.", show_default=False)]
+SampleRefs = Annotated[list[str] | None, typer.Argument(
+    help="Sample ids (or unique prefixes of 8+ hex characters) or paths.", show_default=False)]
 By = Annotated[str | None, typer.Option("--by", help="Who does this, recorded as the event's "
                "actor hand:NAME [default: your login name].", show_default=False)]
 
@@ -124,8 +126,7 @@ def set_label_cmd(
 @sample_app.command("remove")
 @cli_errors
 def remove_cmd(
-    samples: Annotated[list[str] | None, typer.Argument(help="Sample ids (or unique prefixes "
-                       "of 8+ hex characters) or paths.", show_default=False)] = None,
+    samples: SampleRefs = None,
     reason: Annotated[str, typer.Option("--reason", help="Why (required; recorded in the event "
                       "log).", show_default=False)] = "",
     quarantined: Annotated[bool, typer.Option("--quarantined", help="Remove every quarantined "
@@ -196,8 +197,7 @@ def quarantine_list_cmd(workspace: WorkspaceOption = None, json_out: JsonFlag = 
 @quarantine_app.command("release")
 @cli_errors
 def quarantine_release_cmd(
-    samples: Annotated[list[str] | None, typer.Argument(help="Sample ids (or unique prefixes) "
-                       "or paths.", show_default=False)] = None,
+    samples: SampleRefs = None,
     release_all: Annotated[bool, typer.Option("--all", help="Try every quarantined "
                            "sample.")] = False,
     reason: Annotated[str, typer.Option("--reason", help="Why (added to the event).")] = "",
