@@ -311,6 +311,7 @@ def main() -> None:
 
 
 def _register_round_commands() -> None:
+    from sslall.cli import _curation as cli_curation
     from sslall.cli import _data as cli_data
     from sslall.cli import _holdout as cli_holdout
     from sslall.cli import _insight as cli_insight
@@ -324,6 +325,7 @@ def _register_round_commands() -> None:
     cli_data.register(app)
     cli_models.register(app)
     cli_holdout.register(app)
+    cli_curation.register(app)
 
 
 _register_round_commands()

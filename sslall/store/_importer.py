@@ -24,6 +24,7 @@ from sslall._fsutil import NotRegularFile, open_regular, sha256_handle, worker_s
 from sslall._progress import Progress
 from sslall.data._images import UnreadableImage, inspect_image
 from sslall.errors import SslallError, UsageError
+from sslall.store._curation import conflict_settled
 from sslall.store._holdout import HoldoutPlanner
 from sslall.store._pools import PoolStore
 from sslall.store._records import Move, NewSample
@@ -238,7 +239,8 @@ def _reconcile(store: PoolStore, report: ImportReport, entry: Entry, sid: str, t
     if entry.label is None or existing.pool == "quarantine":
         return None
     if existing.pool in ("labeled", "holdout"):
-        if existing.label != entry.label:
+        if existing.label != entry.label and not conflict_settled(store, entry.path, sid,
+                                                                  entry.label):
             report.conflicts.append(
                 (entry.path, f"labelled {entry.label!r} here but {existing.label!r} in "
                              f"{existing.path}; kept {existing.label!r}, resolve by hand")

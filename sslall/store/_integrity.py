@@ -2,7 +2,8 @@
 
 1. every sample is in exactly one known pool, and labelled pools carry a known class;
 2. replaying the event log gives the current pool and label of every sample, and no event
-   names a sample the store does not have;
+   names a sample the store does not have, unless its last event removed it (a removed sample
+   that is added again starts a new chain from nothing);
 3. every file (outside quarantine) still exists and still has the sha256 that is its id.
 """
 
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from sslall._fsutil import sha256_file
 from sslall._progress import Progress
 from sslall.store._pools import PoolStore
-from sslall.store._records import LABELED_POOLS, POOLS
+from sslall.store._records import LABELED_POOLS, POOLS, REMOVED
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,8 @@ def check_replay(store: PoolStore) -> Iterator[Violation]:
     )
     while rows := cur.fetchmany(20000):
         for sid, from_pool, to_pool, label in rows:
-            if previous.get(sid) != from_pool:
+            before = previous.get(sid)
+            if before != from_pool and not (before == REMOVED and from_pool is None):
                 yield Violation(
                     "broken-chain", sid,
                     f"event moves it from {from_pool} but the log had it in {previous.get(sid)}",
@@ -66,8 +68,9 @@ def check_replay(store: PoolStore) -> Iterator[Violation]:
                 "replay-mismatch", sid,
                 f"is in {pool} ({label}) but the event log says {replayed[0]} ({replayed[1]})",
             )
-    for sid in state:
-        yield Violation("orphan-event", sid, "has events but no sample row")
+    for sid, (pool, _) in state.items():
+        if pool != REMOVED:
+            yield Violation("orphan-event", sid, "has events but no sample row")
 
 
 def check_files(store: PoolStore, progress: Progress | None = None) -> Iterator[Violation]:

@@ -22,6 +22,7 @@ from sslall.store._records import (
     LABELED_POOLS,
     MACHINE,
     POOLS,
+    REMOVED,
     Move,
     NewSample,
     PathChange,
@@ -247,12 +248,13 @@ class PoolStore:
 
         Raises `IntegrityError` for a move of an unknown sample, a stale `from_pool`, or a
         machine move that would overwrite a human label. A human label is never changed by
-        the machine: a labeled sample may only leave `labeled` for `quarantine`.
+        the machine: a labeled sample may only leave `labeled` for `quarantine`. A move to
+        `REMOVED` deletes the row; its event (label as it was) stays in the log.
         """
         now = utc_now()
         with self.transaction():
             for m in moves:
-                if m.to_pool not in POOLS:
+                if m.to_pool not in (*POOLS, REMOVED):
                     raise UsageError(f"unknown pool {m.to_pool!r} (allowed: {', '.join(POOLS)})")
                 cur = self.conn.execute(
                     "SELECT pool, label, label_source FROM samples WHERE id = ?", (m.sample_id,)
@@ -271,6 +273,11 @@ class PoolStore:
                     raise IntegrityError(
                         f"refusing a machine move of human-labelled sample {m.sample_id[:12]}"
                     )
+                if m.to_pool == REMOVED:
+                    self.conn.execute("DELETE FROM samples WHERE id = ?", (m.sample_id,))
+                    self._event(now, round_no, m.sample_id, pool, REMOVED, label, None, m.reason,
+                                actor)
+                    continue
                 new_label = m.label if m.to_pool in LABELED_POOLS else None
                 if m.to_pool == "quarantine":
                     new_label = label

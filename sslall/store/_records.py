@@ -9,14 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-__all__ = ["HUMAN_SOURCES", "LABELED_POOLS", "MACHINE", "POOLS", "SCORED_POOLS", "Move", "NewSample",
-           "PathChange", "RoundRecord", "Sample", "utc_now"]
+__all__ = ["HAND", "HUMAN_SOURCES", "LABELED_POOLS", "MACHINE", "POOLS", "REMOVED", "SCORED_POOLS",
+           "Move", "NewSample", "PathChange", "RoundRecord", "Sample", "utc_now"]
 
 POOLS = ("labeled", "unlabeled", "pseudo", "review", "holdout", "quarantine")
 LABELED_POOLS = ("labeled", "pseudo", "holdout")
 SCORED_POOLS = ("labeled", "pseudo", "unlabeled", "review", "holdout")
-HUMAN_SOURCES = ("import", "review", "labelstudio", "oracle")
+HAND = "hand"  # a label set or corrected by hand (`sslall sample set-label`)
+HUMAN_SOURCES = ("import", "review", "labelstudio", "oracle", HAND)
 MACHINE = "machine"
+# Not a pool: a move here deletes the sample's row; its events, the last one a move to
+# "removed", stay in the log (`sslall sample remove`).
+REMOVED = "removed"
 
 
 def utc_now() -> str:

@@ -19,7 +19,8 @@ from sslall.errors import InputError, UsageError
 from sslall.store._pools import PoolStore
 from sslall.store._records import LABELED_POOLS, Move, PathChange, Sample
 
-__all__ = ["RelocateReport", "Relocated", "relocate", "relocate_sample", "under_prefix"]
+__all__ = ["RelocateReport", "Relocated", "quarantined_from", "relocate", "relocate_sample",
+           "under_prefix"]
 
 ACTOR = "relocate"
 EXAMPLES = 20
@@ -93,12 +94,17 @@ def release_pool(store: PoolStore, sample: Sample) -> str | None:
     another reason or never was in a pool (imported straight into quarantine)."""
     if sample.pool != "quarantine" or not (sample.reason or "").startswith("missing-file"):
         return None
-    for event in reversed(store.events(sample.id)):
+    from_pool = quarantined_from(store, sample.id)
+    return "unlabeled" if from_pool == "pseudo" else from_pool
+
+
+def quarantined_from(store: PoolStore, sample_id: str) -> str | None:
+    """The pool the log last saw a quarantined sample enter quarantine from; None when it was
+    imported straight into quarantine."""
+    for event in reversed(store.events(sample_id)):
         from_pool, to_pool = event[4], event[5]
         if to_pool == "quarantine" and from_pool != "quarantine":
-            if from_pool is None:
-                return None
-            return "unlabeled" if from_pool == "pseudo" else from_pool
+            return from_pool
     return None
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from sslall.errors import IntegrityError
 from sslall.store._records import POOLS
 
-__all__ = ["SCHEMA_VERSION", "ensure_schema"]
+__all__ = ["SCHEMA_VERSION", "conflict_resolution_known", "ensure_schema"]
 
 SCHEMA_VERSION = 1
 _SCHEMA = f"""
@@ -92,6 +92,11 @@ CREATE TABLE IF NOT EXISTS promotions (
     time TEXT NOT NULL
 );
 """
+# Columns added the same way: when a conflict was resolved, and how (`sslall sample set-label`).
+_ADDED_COLUMNS = """
+ALTER TABLE conflicts ADD COLUMN resolved_at TEXT;
+ALTER TABLE conflicts ADD COLUMN resolution TEXT;
+"""
 
 
 def ensure_schema(conn: sqlite3.Connection, path: Path, *, create: bool) -> None:
@@ -119,10 +124,20 @@ def ensure_schema(conn: sqlite3.Connection, path: Path, *, create: bool) -> None
 
 
 def _add_tables(conn: sqlite3.Connection) -> None:
-    """Create the tables added since version 1 (a no-op, and no write, once they exist)."""
+    """Create the tables and columns added since version 1 (a no-op, and no write, once they
+    exist)."""
     have = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if not have.issuperset(_ADDED):
+    added = [] if have.issuperset(_ADDED) else [_ADDED_TABLES]
+    if not conflict_resolution_known(conn):
+        added.append(_ADDED_COLUMNS)
+    for script in added:
         try:
-            conn.executescript(_ADDED_TABLES)
+            conn.executescript(script)
         except sqlite3.OperationalError:  # a read-only store still answers reads
             pass
+
+
+def conflict_resolution_known(conn: sqlite3.Connection) -> bool:
+    """Whether the conflicts table has its resolution columns (a read-only store opened before
+    they were added lacks them: its conflicts are all open)."""
+    return "resolved_at" in {r[1] for r in conn.execute("PRAGMA table_info(conflicts)")}
