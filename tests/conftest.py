@@ -224,3 +224,14 @@ def ls(ls_template: Path, tmp_path_factory):
     server = copy_server(ls_template, base / "ls-shared", base).start()
     yield server
     server.stop()
+
+
+def readme_prepare():
+    """`prepare(path, size)` from README "Deploying a model", run as written there: the tests
+    feed exported models what the documentation tells users to feed them."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = text.index("```python\n# prepare_image.py")
+    code = text[start + len("```python\n"):text.index("\n```", start)]
+    namespace: dict = {}
+    exec(compile(code, "README.md (prepare_image.py)", "exec"), namespace)  # noqa: S102
+    return namespace["prepare"]

@@ -313,6 +313,7 @@ def main() -> None:
 def _register_round_commands() -> None:
     from sslall.cli import _curation as cli_curation
     from sslall.cli import _data as cli_data
+    from sslall.cli import _export as cli_export
     from sslall.cli import _holdout as cli_holdout
     from sslall.cli import _insight as cli_insight
     from sslall.cli import _label as cli_label
@@ -326,6 +327,7 @@ def _register_round_commands() -> None:
     cli_models.register(app)
     cli_holdout.register(app)
     cli_curation.register(app)
+    cli_export.register(app)
 
 
 _register_round_commands()
