@@ -160,6 +160,8 @@ UNLABELLED_POOLS = ("unlabeled", "review")
 
 def status_data(ws: Workspace, config: Config) -> dict:
     """Everything `sslall status` shows, as JSON-ready data."""
+    from sslall.report._runfiles import read_label_issues
+
     with PoolStore(ws.db_path, read_only=True) as store:
         counts = store.counts()
         rounds = store.rounds()
@@ -176,6 +178,9 @@ def status_data(ws: Workspace, config: Config) -> dict:
         "rounds": rounds,
         "latest_checkpoint": str(checkpoint) if checkpoint else None,
         "running": holder,
+        # the latest round's suspected human label errors, most suspect first (None: not searched)
+        "label_issues": {"round": last, "issues": issues} if last and (
+            issues := read_label_issues(ws.round_dir(last))) is not None else None,
     }
 
 
@@ -222,6 +227,11 @@ def status(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> Non
     else:
         console.print("no rounds yet")
     console.print(f"latest checkpoint: {data['latest_checkpoint'] or 'none'}")
+    if data["label_issues"]:
+        found = data["label_issues"]["issues"]
+        console.print(f"suspected label errors (round {data['label_issues']['round']}): "
+                      f"{len(found)}" + "".join(f"\n  {i['label']} -> {i['suggested']} "
+                      f"(p={i['p_suggested']:.2f})  {i['path']}" for i in found[:5]), markup=False)
     if data["running"]:
         console.print(f"running now: {data['running'].get('command')} "
                       f"(pid {data['running'].get('pid')}, since {data['running'].get('started')})")
