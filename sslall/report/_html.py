@@ -4,7 +4,8 @@ PNG; no script, no stylesheet or font from the network, so it opens on an air-ga
 It reads only what the workspace already records: the store (rounds with their metrics and pool
 sizes, the pools per class, the duplicates seen at import) and the latest round's folder
 (metrics.json's confusion matrix, predictions.csv's confidences, reliability.json and
-embeddings.npz from `sslall.report._data`, label_issues.csv's suspected label errors). Figures are drawn by `sslall.report._figures`.
+embeddings.npz from `sslall.report._data`, label_issues.csv's suspected label errors). Figures
+are drawn by `sslall.report._figures`.
 """
 
 from __future__ import annotations
