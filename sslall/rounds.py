@@ -283,7 +283,8 @@ def _label_issues(config: Config, snapshot: Snapshot, learner: Learner, embeddin
 
     if not config.route.label_issue_folds:
         return None
-    epochs = max(learner.train_report.get("best_epoch") or [config.train.epochs])
+    # the typical head's best epoch: one ensemble member that ran to the end does not set the cost
+    epochs = int(np.median(learner.train_report.get("best_epoch") or [config.train.epochs]))
     rows, probs = human_label_probs(config, snapshot, embeddings, calibration.probs,
                                     temperature=calibration.temperature, epochs=epochs,
                                     folds=config.route.label_issue_folds,

@@ -6,7 +6,7 @@ learnt each label, mistakes included. Here the labeled pool is split into `folds
 folds; for each, one MLP head trains on the round's training rows (labeled ∪ pseudo) minus that
 fold and scores it. The heads train on the round's embeddings (in head mode the cached backbone
 features, so nothing of the held-out labels leaks; in last-stage and finetune mode the trained
-backbone saw them, a weaker guarantee), for as many epochs as the round's best head needed and
+backbone saw them, a weaker guarantee), for as many epochs as the round's median head needed and
 without a validation pass, which keeps the cost to a fraction of the round's training. The
 holdout is never trained on: its calibrated probabilities are out-of-sample already. All
 probabilities use the round's calibration temperature.
