@@ -44,6 +44,12 @@ def _http_url(key: str, value: Any) -> Any:
     return value
 
 
+def _folds(key: str, value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and (value == 0 or 2 <= value <= 32):
+        return value
+    raise ConfigError(key, f"got {value!r}", "0 (off) or a whole number of folds in [2, 32]")
+
+
 def _project(key: str, value: Any) -> Any:
     if not (isinstance(value, str) and (value.isdigit() or len(value.strip()) >= 3)):
         raise ConfigError(key, f"got {value!r}", "a numeric id, or a title of 3 or more characters")
@@ -151,6 +157,10 @@ class RouteConfig:
         within="[1, 100]")
     hard_threshold: float = setting(
         0.6, "labeled cells below this confidence are up-weighted next round", within="[0, 1]")
+    label_issue_folds: int = setting(
+        5, "folds of the out-of-fold heads that search the human labels for suspected errors "
+        "(confident learning; listed in the round folder, status and the report); 0 = no search",
+        check=_folds)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from sslall.store._snapshot import Snapshot, take_snapshot
 from sslall.workspace import Workspace, round_lock
 
 if TYPE_CHECKING:
+    from sslall.decide._label_issues import LabelIssue
     from sslall.decide._scores import Scores
     from sslall.model._learner import Calibration, Learner
 
@@ -74,6 +75,8 @@ class RoundResult:
     # human-labelled cells (labeled + holdout) at the round's start, after its Label Studio
     # pull, minus those after the previous round: answers pulled or imported, images added
     human_labels_added: int = 0
+    # suspected human label errors found (`runs/round-NNNN/label_issues.csv`); None: not searched
+    label_issues: int | None = None
 
     @property
     def changed(self) -> bool:
@@ -90,7 +93,7 @@ class RoundResult:
         return {"round": self.round, "run_dir": str(self.run_dir), "moves": self.moves,
                 "metrics": self.metrics, "previous_metrics": self.previous_metrics,
                 "pools": self.pools, "seconds": self.seconds, "labelstudio": self.labelstudio,
-                "warnings": self.warnings}
+                "warnings": self.warnings, "label_issues": self.label_issues}
 
 
 def verify_files(snapshot: Snapshot, progress: Progress | None = None) -> Snapshot:
@@ -189,6 +192,9 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
             with _timed(seconds, "route"):
                 routing = decide_routing(config, snapshot, probs, scores, pseudo,
                                          rng=np.random.default_rng(config.train.seed + round_no))
+            with _timed(seconds, "label-issues"):
+                issues = _label_issues(config, snapshot, learner, scores.embeddings, calibration,
+                                       round_no)
             to_review = {m.sample_id for m in routing.moves}
             moves = (snapshot.quarantine + [m for m in pseudo.moves if m.sample_id not in to_review]
                      + routing.moves)
@@ -205,14 +211,16 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
                                  last.get("metrics"), pools_after, seconds,
                                  warnings=_holdout_warnings(snapshot),
                                  human_labels_added=_human_labels(pools_before)
-                                 - _human_labels(last.get("pools", pools_before)))
+                                 - _human_labels(last.get("pools", pools_before)),
+                                 label_issues=None if issues is None else len(issues))
             with _timed(seconds, "record"):
                 extra = {"calibration": calibration.report, "thresholds": pseudo.thresholds,
                          "pseudo_per_class": pseudo.per_class, "mode": learner.mode,
                          "device": str(learner.device), "train": learner.train_report}
                 write_run_dir(ws, round_no, learner, calibration.temperature,
                               {**result.summary(), **extra}, snapshot, probs, moves,
-                              routing.weights, embeddings=scores.embeddings)
+                              routing.weights, embeddings=scores.embeddings,
+                              label_issues=issues)
                 fault_point("run-dir-renamed")
                 store.apply_moves(moves, round_no=round_no, weights=routing.weights,
                                   record=RoundRecord(round_no, started, {
@@ -269,6 +277,24 @@ def _train_and_score(ws: Workspace, config: Config, snapshot: Snapshot, round_no
                 snapshot = verify_files(snapshot, progress)
             _require_training_data(snapshot)
     raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _label_issues(config: Config, snapshot: Snapshot, learner: Learner, embeddings: np.ndarray,
+                  calibration: Calibration, round_no: int) -> list[LabelIssue] | None:
+    """Suspected human label errors (confident learning on out-of-fold probabilities, see
+    `sslall.model._out_of_fold`); None when `route.label_issue_folds` is 0."""
+    from sslall.decide._label_issues import suspected_labels
+    from sslall.model._out_of_fold import human_label_probs
+
+    if not config.route.label_issue_folds:
+        return None
+    # the typical head's best epoch: one ensemble member that ran to the end does not set the cost
+    epochs = int(np.median(learner.train_report.get("best_epoch") or [config.train.epochs]))
+    rows, probs = human_label_probs(config, snapshot, embeddings, calibration.probs,
+                                    temperature=calibration.temperature, epochs=epochs,
+                                    folds=config.route.label_issue_folds,
+                                    seed=config.train.seed + round_no, device=learner.device)
+    return suspected_labels(snapshot, rows, probs)
 
 
 def _remove_partial_folders(ws: Workspace) -> None:

@@ -39,16 +39,22 @@ budget = 4
 """
 
 
-def build_workspace(root: Path, runner) -> Path:
-    """3 classes x 24 synthetic 32-px cells: 5 labeled, 5 holdout, the rest unlabeled, each."""
+def build_workspace(root: Path, runner, mislabel: dict[int, str] | None = None,
+                    difficulty: float = 0.3) -> Path:
+    """3 classes x 24 synthetic 32-px cells: 5 labeled, 5 holdout, the rest unlabeled, each.
+
+    `mislabel` gives some labeled cells (by their row in the labeled manifest) a wrong label;
+    `difficulty` is `write_dataset`'s."""
     cells = root / "cells"
-    samples = write_dataset(cells, CLASSES, 24, size=32, seed=3, difficulty=0.3)
+    samples = write_dataset(cells, CLASSES, 24, size=32, seed=3, difficulty=difficulty)
     manifests = {p: [] for p in ("labeled", "holdout", "unlabeled")}
     count: dict[str, int] = {}
     for s in samples:
         k = count[s.label] = count.get(s.label, 0) + 1
         pool = "labeled" if k <= 5 else "holdout" if k <= 10 else "unlabeled"
         manifests[pool].append((s.path.relative_to(cells).as_posix(), s.label))
+    for i, wrong in (mislabel or {}).items():
+        manifests["labeled"][i] = (manifests["labeled"][i][0], wrong)
     ws = root / "ws"
     assert invoke(runner, "init", ws, "--classes", ",".join(CLASSES)).exit_code == 0
     text = (ws / "sslall.toml").read_text()

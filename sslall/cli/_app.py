@@ -163,6 +163,8 @@ UNLABELLED_POOLS = ("unlabeled", "review")
 
 def status_data(ws: Workspace, config: Config) -> dict:
     """Everything `sslall status` shows, as JSON-ready data."""
+    from sslall.report._runfiles import read_label_issues
+
     with PoolStore(ws.db_path, read_only=True) as store:
         counts = store.counts()
         rounds = store.rounds()
@@ -182,6 +184,9 @@ def status_data(ws: Workspace, config: Config) -> dict:
         "model": model,
         "holdout_warning": holdout_warning(counts["holdout"], config.classes),
         "running": holder,
+        # the latest round's suspected human label errors, most suspect first (None: not searched)
+        "label_issues": {"round": last, "issues": issues} if last and (
+            issues := read_label_issues(ws.round_dir(last))) is not None else None,
     }
 
 
@@ -231,6 +236,11 @@ def status(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> Non
     console.print(model_line(data["model"]))
     if data["holdout_warning"]:
         warn(data["holdout_warning"])
+    if data["label_issues"]:
+        found = data["label_issues"]["issues"]
+        console.print(f"suspected label errors (round {data['label_issues']['round']}): "
+                      f"{len(found)}" + "".join(f"\n  {i['label']} -> {i['suggested']} "
+                      f"(p={i['p_suggested']:.2f})  {i['path']}" for i in found[:5]), markup=False)
     if data["running"]:
         console.print(f"running now: {data['running'].get('command')} "
                       f"(pid {data['running'].get('pid')}, since {data['running'].get('started')})")

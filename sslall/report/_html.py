@@ -4,7 +4,8 @@ PNG; no script, no stylesheet or font from the network, so it opens on an air-ga
 It reads only what the workspace already records: the store (rounds with their metrics and pool
 sizes, the pools per class, the duplicates seen at import) and the latest round's folder
 (metrics.json's confusion matrix, predictions.csv's confidences, reliability.json and
-embeddings.npz from `sslall.report._data`). Figures are drawn by `sslall.report._figures`.
+embeddings.npz from `sslall.report._data`, label_issues.csv's suspected label errors). Figures
+are drawn by `sslall.report._figures`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from sslall.config import Config
 from sslall.data._images import UnreadableImage, load_rgb
 from sslall.report import _figures as fig
 from sslall.report._data import MAX_POINTS, read_embeddings, read_reliability
+from sslall.report._runfiles import read_label_issues
 from sslall.store._pools import PoolStore
 from sslall.store._records import POOLS, utc_now
 from sslall.workspace import Workspace
@@ -121,6 +123,10 @@ def build_report(ws: Workspace, config: Config, *, tsne_max: int = MAX_POINTS,
         say("thumbnails", 3, 4)
         parts.append(_section("Most and least confident cells per predicted class",
                               _thumbnails(preds, classes, per_class, config.data.max_pixels)))
+        issues = read_label_issues(run_dir)
+        if issues is not None:
+            parts.append(_section(f"Suspected label errors, round {latest['round']} "
+                                  f"({len(issues)})", _label_issues(issues, config.data.max_pixels)))
     parts.append(_section(f"Duplicates found at import ({len(duplicates)})", _table(
         ["stored as", "same bytes as"], [[a, b] for _, a, b in duplicates[:500]])
         + (_note(f"… and {len(duplicates) - 500} more") if len(duplicates) > 500 else "")
@@ -170,6 +176,23 @@ def _thumbnails(preds: list[_Prediction], classes: list[str], k: int, max_pixels
         out.append(f"<h3>{html.escape(c)} ({len(cells)} cells)</h3>"
                    + _img(strip, f"most and least confident {c}"))
     return "\n".join(out)
+
+
+def _label_issues(issues: list[dict], max_pixels: int, shown: int = 12) -> str:
+    """The most suspect human labels: thumbnails captioned with the model's probability of its
+    own class and the given label, and a table of them."""
+    if not issues:
+        return _note("none: the model's out-of-fold predictions agree with every human label")
+    top = issues[:shown]
+    cells = [_Prediction(i["path"], i["pool"], i["label"], i["suggested"], i["p_suggested"])
+             for i in top]
+    return (_img(_strip([cells], ["suspected"], max_pixels), "suspected label errors")
+            + _table(["path", "pool", "label", "model says", "p(model's class)", "p(label)"],
+                     [[i["path"], i["pool"], i["label"], i["suggested"], i["p_suggested"],
+                       i["p_label"]] for i in top])
+            + _note("confident learning on out-of-fold probabilities (runs/round-NNNN/"
+                    "label_issues.csv lists them all): worth an annotator's second look"
+                    + (f"; {len(issues) - shown} more in the file" if len(issues) > shown else "")))
 
 
 def _strip(groups: list[list[_Prediction]], titles: list[str], max_pixels: int) -> bytes:

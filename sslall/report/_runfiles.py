@@ -18,10 +18,12 @@ from sslall._fsutil import fsync_dir, write_atomic
 from sslall.store._records import Move
 
 if TYPE_CHECKING:
+    from sslall.decide._label_issues import LabelIssue
     from sslall.model._learner import Learner
     from sslall.store._snapshot import Snapshot
     from sslall.workspace import Workspace
 
+LABEL_ISSUES_FILE = "label_issues.csv"
 PREDICTION_COLUMNS = ("sample_id", "path", "pool", "label", "prediction", "confidence", "margin",
                       "entropy", "routed_to")
 
@@ -29,10 +31,12 @@ PREDICTION_COLUMNS = ("sample_id", "path", "pool", "label", "prediction", "confi
 def write_run_dir(ws: Workspace, round_no: int, learner: Learner, temperature: float,
                   summary: dict, snapshot: Snapshot, probs: np.ndarray,
                   moves: list[Move], weights: dict[str, float],
-                  embeddings: np.ndarray | None = None) -> None:
+                  embeddings: np.ndarray | None = None,
+                  label_issues: list[LabelIssue] | None = None) -> None:
     """Write checkpoint, metrics.json (`summary`: the round's record and its extras),
-    predictions.csv and the report's data (reliability, embedding sample; `sslall.report._data`),
-    then rename the folder into place."""
+    predictions.csv, label_issues.csv (the suspected human label errors, most suspect first;
+    not written when the round did not search) and the report's data (reliability, embedding
+    sample; `sslall.report._data`), then rename the folder into place."""
     from sslall.model._checkpoints import save_checkpoint
     from sslall.report._data import write_report_data
 
@@ -48,6 +52,8 @@ def write_run_dir(ws: Workspace, round_no: int, learner: Learner, temperature: f
         fault_point("checkpoint-written")
         write_atomic(tmp / "metrics.json", json.dumps(summary, indent=2, default=float))
         _write_predictions(tmp / "predictions.csv", snapshot, probs, moves, weights)
+        if label_issues is not None:
+            _write_label_issues(tmp / LABEL_ISSUES_FILE, label_issues)
         write_report_data(tmp, snapshot, probs, temperature, embeddings, seed=round_no)
         fsync_dir(tmp)
     except BaseException:  # a full disk, say: leave no half-written folder taking space
@@ -78,3 +84,29 @@ def _write_predictions(path, snapshot: Snapshot, probs: np.ndarray, moves: list[
             writer.writerow([m.sample_id, "", m.from_pool, "", "", "", "", "", "quarantine"])
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _write_label_issues(path, issues: list[LabelIssue]) -> None:
+    from sslall.decide._label_issues import LABEL_ISSUE_COLUMNS
+
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(LABEL_ISSUE_COLUMNS)
+        writer.writerows([issue.as_dict()[c] for c in LABEL_ISSUE_COLUMNS] for issue in issues)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_label_issues(run_dir) -> list[dict] | None:
+    """The rows of a round folder's label_issues.csv, most suspect first (probabilities and
+    quality as floats); None when the round wrote none."""
+    path = run_dir / LABEL_ISSUES_FILE
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except FileNotFoundError:
+        return None
+    for row in rows:
+        for key in ("p_label", "p_suggested", "quality"):
+            row[key] = float(row[key])
+    return rows

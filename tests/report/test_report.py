@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import csv
+import html
 import io
 import json
 import re
@@ -70,12 +72,12 @@ def test_randomized_pca_is_deterministic_and_spans_the_full_svd_components() -> 
 
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory) -> tuple[Path, Path]:
-    """A workspace after a round, with a duplicate import, and its report."""
+    """A workspace after a round, with a duplicate import and a mislabelled cell, and its report."""
     from typer.testing import CliRunner
 
     runner = CliRunner()
     root = tmp_path_factory.mktemp("report")
-    ws = build_workspace(root, runner)
+    ws = build_workspace(root, runner, mislabel={0: "L3"})
     dup = root / "dup"
     dup.mkdir()
     first = next((root / "cells" / "L1").iterdir())
@@ -112,6 +114,11 @@ def test_report_is_self_contained_and_has_every_section(reported) -> None:
                     "Duplicates found at import (1)"):
         assert f"<h2>{heading}" in page, heading
     assert "again.png" in page and "t-SNE skipped" not in page
+    with open(out.parent / "ws" / "runs" / "round-0001" / "label_issues.csv") as handle:
+        issues = list(csv.DictReader(handle))
+    assert issues and f"<h2>Suspected label errors, round 1 ({len(issues)})" in page
+    assert 'alt="suspected label errors"' in page
+    assert all(html.escape(i["path"]) in page for i in issues[:12])
     sources = re.findall(r'<img [^>]*src="([^"]+)"', page)
     assert len(sources) >= 10
     for src in sources:
