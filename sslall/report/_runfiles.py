@@ -18,6 +18,7 @@ from sslall._fsutil import fsync_dir, write_atomic
 from sslall.store._records import Move
 
 if TYPE_CHECKING:
+    from sslall.config import OodConfig
     from sslall.model._learner import Learner
     from sslall.store._snapshot import Snapshot
     from sslall.workspace import Workspace
@@ -29,9 +30,10 @@ PREDICTION_COLUMNS = ("sample_id", "path", "pool", "label", "prediction", "confi
 def write_run_dir(ws: Workspace, round_no: int, learner: Learner, temperature: float,
                   summary: dict, snapshot: Snapshot, probs: np.ndarray,
                   moves: list[Move], weights: dict[str, float],
-                  embeddings: np.ndarray | None = None) -> None:
+                  embeddings: np.ndarray | None = None, ood: OodConfig | None = None) -> None:
     """Write checkpoint, metrics.json (`summary`: the round's record and its extras),
-    predictions.csv and the report's data (reliability, embedding sample; `sslall.report._data`),
+    predictions.csv, the report's data (reliability, embedding sample; `sslall.report._data`)
+    and, with `ood` and `embeddings`, the OOD reference and calibration (`sslall.decide._ood`),
     then rename the folder into place."""
     from sslall.model._checkpoints import save_checkpoint
     from sslall.report._data import write_report_data
@@ -49,6 +51,8 @@ def write_run_dir(ws: Workspace, round_no: int, learner: Learner, temperature: f
         write_atomic(tmp / "metrics.json", json.dumps(summary, indent=2, default=float))
         _write_predictions(tmp / "predictions.csv", snapshot, probs, moves, weights)
         write_report_data(tmp, snapshot, probs, temperature, embeddings, seed=round_no)
+        if ood is not None and embeddings is not None:
+            _write_ood(tmp, snapshot, embeddings, moves, ood, seed=round_no)
         fsync_dir(tmp)
     except BaseException:  # a full disk, say: leave no half-written folder taking space
         shutil.rmtree(tmp, ignore_errors=True)
@@ -78,3 +82,21 @@ def _write_predictions(path, snapshot: Snapshot, probs: np.ndarray, moves: list[
             writer.writerow([m.sample_id, "", m.from_pool, "", "", "", "", "", "quarantine"])
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def _write_ood(folder, snapshot: Snapshot, embeddings: np.ndarray, moves: list[Move],
+               ood: OodConfig, seed: int) -> None:
+    """The OOD files: reference = the labeled pool's embeddings, calibrated on the holdout; the
+    summary counts flagged cells per pool (as the round found them) and scores the review queue
+    the round leaves. Nothing is written with fewer than 2 labeled cells."""
+    from sslall.decide._ood import calibrate_ood, round_ood_summary, write_ood
+
+    cal = calibrate_ood(embeddings, snapshot.mask("labeled"), snapshot.mask("holdout"), k=ood.k,
+                        quantile=ood.quantile, max_reference=ood.max_reference, seed=seed)
+    if cal is None:
+        return
+    review = {s.id for s in snapshot.rows if s.pool == "review"}
+    review |= {m.sample_id for m in moves if m.to_pool == "review"}
+    summary = round_ood_summary(cal, embeddings, [s.id for s in snapshot.rows],
+                                [s.pool for s in snapshot.rows], review, seed=seed)
+    write_ood(folder, cal, summary)
