@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 from sslall._fsutil import write_atomic
@@ -67,6 +68,7 @@ class OodCalibration:
     k: int
     quantile: float
     source: str
+    _index: faiss.Index | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def threshold(self) -> float:
@@ -83,8 +85,14 @@ class OodCalibration:
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
         """[Q] float32 OOD scores of [Q, D] embeddings (mean cosine distance to the k nearest
-        reference rows)."""
-        return knn_distance(self.reference, embeddings, self.k)
+        reference rows). The exact index over the reference is built once and kept, so
+        `Predictor` scoring batch after batch does not rebuild it."""
+        if self._index is None:
+            self._index = faiss.IndexFlatIP(self.reference.shape[1])
+            self._index.add(l2_normalize(self.reference, "reference"))
+        k = min(self.k, len(self.reference))
+        sims, _ = self._index.search(l2_normalize(embeddings, "embeddings"), k)
+        return (1.0 - np.clip(sims, -1.0, 1.0)).mean(axis=1).astype(np.float32)
 
     def flag(self, scores: np.ndarray) -> np.ndarray:
         """[Q] bool: scores above the threshold."""
