@@ -237,6 +237,19 @@ class RunsConfig:
 
 
 @dataclass(frozen=True)
+class OodConfig:
+    """Out-of-distribution flags on predictions (see `sslall.decide._ood`)."""
+
+    quantile: float = setting(
+        0.99, "a cell is OOD (verdict unknown) when its distance to the k nearest human-labelled "
+        "training cells is above this quantile of the holdout's distances", within="[0.5, 1]")
+    k: int = setting(5, "training neighbours the OOD distance averages over", within="[1, 100]")
+    max_reference: int = setting(
+        20_000, "human-labelled training embeddings a round keeps for OOD scoring (a seeded "
+        "sample above this)", within="[2, inf]")
+
+
+@dataclass(frozen=True)
 class Config:
     classes: tuple[str, ...] = setting(REQUIRED, "the class names, in order (2 or more, unique)")
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -249,6 +262,7 @@ class Config:
     labelstudio: LabelStudioConfig = field(default_factory=LabelStudioConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     runs: RunsConfig = field(default_factory=RunsConfig)
+    ood: OodConfig = field(default_factory=OodConfig)
 
 
 # the [section] tables, in file order: each section field's default factory is its dataclass

@@ -220,7 +220,7 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
                 write_run_dir(ws, round_no, learner, calibration.temperature,
                               {**result.summary(), **extra}, snapshot, probs, moves,
                               routing.weights, embeddings=scores.embeddings,
-                              label_issues=issues)
+                              label_issues=issues, ood=config.ood)
                 fault_point("run-dir-renamed")
                 store.apply_moves(moves, round_no=round_no, weights=routing.weights,
                                   record=RoundRecord(round_no, started, {

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from sslall.cli._console import JsonFlag, WorkspaceOption, console, open_workspace, print_json
 from sslall.errors import UsageError
@@ -21,7 +22,9 @@ def predict_cmd(
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     workspace: WorkspaceOption = None, json_out: JsonFlag = False,
 ) -> None:
-    """Classify images with a checkpoint: class, confidence and per-class probabilities.
+    """Classify images with a checkpoint: class, confidence and per-class probabilities, and
+    an out-of-distribution score: a cell farther from the training cells than the round's
+    threshold (`ood.quantile` of the holdout's scores) gets the verdict "unknown".
 
     \b
     Example:
@@ -31,10 +34,10 @@ def predict_cmd(
     from sslall.model._choice import chosen_checkpoint
     from sslall.model._inference import Predictor
 
+    ws, config = _evaluated_against(workspace, checkpoint, with_config=True)
     if checkpoint is None:
-        ws, _ = open_workspace(workspace)
         checkpoint = chosen_checkpoint(ws)
-    predictor = Predictor(checkpoint)
+    predictor = Predictor(checkpoint, ood_quantile=config.ood.quantile if config else None)
     preds = predictor.predict(_predict_inputs(paths, predictor.classes))
     rows = []
     for p in preds:
@@ -42,36 +45,64 @@ def predict_cmd(
             rows.append({"path": p.path, "error": p.error})
             continue
         k = int(p.probs.argmax())
-        rows.append({"path": p.path, "class": predictor.classes[k],
-                     "confidence": round(float(p.probs[k]), 5),
+        rows.append({"path": p.path, "verdict": "unknown" if p.ood else predictor.classes[k],
+                     "class": predictor.classes[k], "confidence": round(float(p.probs[k]), 5),
+                     "ood": p.ood, "ood_score": None if p.ood_score is None else round(p.ood_score, 5),
                      "probabilities": {c: round(float(v), 5)
                                        for c, v in zip(predictor.classes, p.probs, strict=True)}})
     if json_out:
         print_json(rows)
     elif csv_out:
-        import csv
-        import sys
-
-        writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "class", "confidence", *predictor.classes, "error"])
-        for r in rows:
-            probs = r.get("probabilities", {})
-            writer.writerow([r["path"], r.get("class", ""), r.get("confidence", ""),
-                             *[probs.get(c, "") for c in predictor.classes], r.get("error", "")])
+        _print_csv(rows, predictor.classes)
     else:
-        table = Table()
-        for col in ("path", "class", "confidence"):
-            table.add_column(col)
-        for c in predictor.classes:
-            table.add_column(c, justify="right")
-        for r in rows:
-            probs = r.get("probabilities", {})
-            table.add_row(r["path"], r.get("class", "error"),
-                          str(r.get("confidence", r.get("error"))),
-                          *[str(probs[c]) if c in probs else "" for c in predictor.classes])
-        console.print(table)
+        _print_table(rows, predictor)
     if all("error" in r for r in rows):
         raise UsageError("no image could be read")
+
+
+def _print_csv(rows: list[dict], classes: list[str]) -> None:
+    import csv
+    import sys
+
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["path", "class", "confidence", *classes, "error", "verdict", "ood",
+                     "ood_score"])
+    for r in rows:
+        probs = r.get("probabilities", {})
+        ood = "" if r.get("ood") is None else str(r["ood"]).lower()
+        writer.writerow([r["path"], r.get("class", ""), r.get("confidence", ""),
+                         *[probs.get(c, "") for c in classes], r.get("error", ""),
+                         r.get("verdict", ""), ood, _blank(r.get("ood_score"))])
+
+
+def _print_table(rows: list[dict], predictor) -> None:
+    """The table: the class, or for an OOD cell "unknown" with the model's guess after it, the
+    confidence, the OOD score and one column per class."""
+    table = Table()
+    for col in ("path", "class", "confidence", "ood"):
+        table.add_column(col)
+    for c in predictor.classes:
+        table.add_column(c, justify="right")
+    for r in rows:
+        probs = r.get("probabilities", {})
+        verdict = r.get("verdict", "error")
+        if r.get("ood"):
+            verdict = Text.assemble("unknown ", (f"(guess {r['class']})", "dim"))
+        table.add_row(r["path"], verdict, str(r.get("confidence", r.get("error"))),
+                      "-" if r.get("ood_score") is None else str(r["ood_score"]),
+                      *[str(probs[c]) if c in probs else "" for c in predictor.classes])
+    console.print(table)
+    if predictor.ood is None:
+        console.print("no OOD calibration in this round's folder (a round from an older sslall): "
+                      "out-of-distribution cells are not flagged")
+    elif any(r.get("ood") for r in rows):
+        console.print(f"unknown: farther from the training cells than {predictor.ood.quantile:.0%} "
+                      f"of the holdout (OOD score > {predictor.ood.threshold:.4f}); the guess is "
+                      "the model's class, not to be trusted")
+
+
+def _blank(x: object) -> object:
+    return "" if x is None else x
 
 
 def _predict_inputs(paths: list[Path], classes: list[str]) -> list[str]:
@@ -105,10 +136,10 @@ def evaluate_cmd(
     from sslall.model._choice import chosen_checkpoint
     from sslall.model._inference import Predictor, evaluate_folder
 
-    ws = _evaluated_against(workspace, checkpoint)
+    ws, config = _evaluated_against(workspace, checkpoint, with_config=True)
     if checkpoint is None:
         checkpoint = chosen_checkpoint(ws)
-    predictor = Predictor(checkpoint)
+    predictor = Predictor(checkpoint, ood_quantile=config.ood.quantile if config else None)
     metrics = evaluate_folder(predictor, folder, ws)
     if json_out:
         print_json(metrics)
@@ -122,23 +153,37 @@ def evaluate_cmd(
     console.print(table)
     console.print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
                   f"ECE {metrics['ece']:.4f}")
+    console.print(_ood_line(metrics["ood"], metrics["images"]))
     console.print(_overlap_line(metrics["in_workspace"], metrics["images"]))
 
 
-def _evaluated_against(option: Path | None, checkpoint: Path | None):
+def _evaluated_against(option: Path | None, checkpoint: Path | None, *, with_config: bool = False):
     """The workspace `evaluate` reads its checkpoint from and compares the images with: found as
-    for every command; with --checkpoint and no workspace found, None (nothing to compare)."""
+    for every command; with --checkpoint and no workspace found, None (nothing to compare).
+    With `with_config`, (workspace, its config), (None, None) when none was found."""
     import os
 
     from sslall.errors import WorkspaceNotFound
     from sslall.workspace import ENV_WORKSPACE
 
     try:
-        return open_workspace(option)[0]
+        found = open_workspace(option)
     except WorkspaceNotFound:
         if checkpoint is None or option is not None or os.environ.get(ENV_WORKSPACE):
             raise
-        return None
+        found = (None, None)
+    return found if with_config else found[0]
+
+
+def _ood_line(ood: dict | None, images: int) -> str:
+    if ood is None:
+        return "no OOD calibration in this round's folder: out-of-distribution images not counted"
+    kept = ood["kept"]
+    without = ("every image was flagged" if kept is None else
+               f"without them: accuracy {kept['accuracy']:.4f}  macro-F1 {kept['macro_f1']:.4f}  "
+               f"ECE {kept['ece']:.4f}")
+    return (f"{ood['flagged']} of the {images} images flagged out of distribution (OOD score > "
+            f"{ood['threshold']:.4f}, quantile {ood['quantile']}); {without}")
 
 
 def _overlap_line(overlap: dict | None, images: int) -> str:

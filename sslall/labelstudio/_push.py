@@ -1,9 +1,11 @@
 """Push the review queue to Label Studio: one task per review sample not yet sent.
 
 Every `review` sample not yet sent becomes one task, data `{image, sample_id}` (plus `visit` from
-the second time a sample comes back to review), with the model's guess as a pre-annotation
-(`model_version` = round, `score` = calibrated confidence). The project is created on first use
-with a single-choice config of the workspace classes.
+the second time a sample comes back to review, and `ood_score` and `ood` when the round that
+sent it to review recorded them: its out-of-distribution score and whether it is above the
+threshold at the configured `ood.quantile`, see `sslall.decide._ood`), with the model's guess
+as a pre-annotation (`model_version` = round, `score` = calibrated confidence). The project is
+created on first use with a single-choice config of the workspace classes.
 
 Idempotence. Label Studio does not deduplicate and reuses task ids, so the key is always our
 sample id (with its visit), recorded in the pool store's `labelstudio_tasks` table, one
@@ -20,19 +22,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sslall._faults import fault_point
 from sslall.config import Config
-from sslall.errors import SslallError, UsageError
+from sslall.decide._ood import read_ood
+from sslall.errors import ModelError, SslallError, UsageError
 from sslall.labelstudio import _records as records
 from sslall.labelstudio._client import CAM_NAME, LabelStudioClient, choice_result, resolve_path
 from sslall.labelstudio._project import connect, project_id
 from sslall.store._pools import PoolStore
 from sslall.store._records import Sample
-
-if TYPE_CHECKING:
-    from sslall.workspace import Workspace
+from sslall.workspace import Workspace
 
 __all__ = ["PushReport", "push", "push_if_configured"]
 
@@ -83,12 +84,13 @@ def push(store: PoolStore, config: Config, *, base: Path | None = None,
     if records.push_pending(store) is not None:  # an earlier push stopped half-way: adopt what it made
         report.recovered = _recover(client, store, pid, wanted)
     todo = [(key, s) for key, s in wanted.items() if records.open_visit(store, s, pid) is None]
+    ood = _review_ood(config, base, [s for _, s in todo])
     if root is not None:
         _ensure_storages(client, pid, root, [s for _, s in todo])
     records.set_push_pending(store, pid)
     for start in range(0, len(todo), ls.batch_size):
         batch = todo[start:start + ls.batch_size]
-        tasks = [_task(client, pid, root, s, visit, config.classes, overlay)
+        tasks = [_task(client, pid, root, s, visit, config.classes, overlay, ood.get(s.id))
                  for (_, visit), s in batch]
         ids = client.import_tasks(pid, tasks)
         fault_point("labelstudio-push")
@@ -109,6 +111,30 @@ def push_if_configured(ws: Workspace, config: Config, store: PoolStore) -> PushR
         return push(store, config, base=ws.root)
     except SslallError as exc:
         return PushReport(error=f"Label Studio push skipped: {exc}")
+
+
+def _review_ood(config: Config, base: Path | None, samples: list[Sample]
+                ) -> dict[str, tuple[float, bool]]:
+    """(OOD score, above the threshold) of each sample, from the `ood.json` of the round that
+    sent it to review (the round whose guess the task's pre-annotation shows); none for a
+    sample whose round folder has no OOD files, or without a workspace root. Damaged OOD files
+    cost the tasks their OOD fields, never the push."""
+    if base is None:
+        return {}
+    out: dict[str, tuple[float, bool]] = {}
+    for round_no in sorted({s.round for s in samples if s.round}):
+        try:
+            found = read_ood(Workspace(base).round_dir(round_no))
+        except ModelError:
+            continue
+        if found is None:
+            continue
+        cal, meta = found
+        threshold = cal.with_quantile(config.ood.quantile).threshold
+        scores = meta.get("review", {})
+        out |= {s.id: (float(scores[s.id]), float(scores[s.id]) > threshold)
+                for s in samples if s.round == round_no and s.id in scores}
+    return out
 
 
 def _recover(client: LabelStudioClient, store: PoolStore, pid: int,
@@ -166,7 +192,8 @@ def _ensure_storages(client: LabelStudioClient, pid: int, root: Path,
 
 
 def _task(client: LabelStudioClient, pid: int, root: Path | None, s: Sample, visit: int,
-          classes: tuple[str, ...], overlay: Callable[[Sample], Path] | None = None) -> dict:
+          classes: tuple[str, ...], overlay: Callable[[Sample], Path] | None = None,
+          ood: tuple[float, bool] | None = None) -> dict:
     if root is not None:
         rel = _relative(root, s.path)
         image = f"/data/local-files/?d={rel.as_posix()}" if rel else ""
@@ -177,6 +204,8 @@ def _task(client: LabelStudioClient, pid: int, root: Path | None, s: Sample, vis
         data[CAM_NAME] = _data_uri(overlay(s))
     if visit > 1:
         data["visit"] = visit
+    if ood is not None:
+        data["ood_score"], data["ood"] = ood
     task: dict[str, Any] = {"data": data}
     if s.prediction in classes:
         prediction: dict[str, Any] = {"model_version": f"round-{s.round}",

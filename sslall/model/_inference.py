@@ -18,9 +18,10 @@ from sslall.config import PreprocessConfig
 from sslall.data._datasets import eval_transform
 from sslall.data._images import IMAGE_SUFFIXES, MIN_SIDE, UnreadableImage, _to_rgb, load_rgb
 from sslall.decide._metrics import classification_metrics, softmax
+from sslall.decide._ood import OodCalibration, read_ood
 from sslall.errors import InputError, NotFoundError
 from sslall.model._backbones import build_classifier_from_checkpoint
-from sslall.model._checkpoints import load_checkpoint
+from sslall.model._checkpoints import META_NAME, WEIGHTS_NAME, load_checkpoint
 from sslall.model._devices import resolve_device
 from sslall.store._pools import PoolStore
 from sslall.store._records import POOLS
@@ -35,11 +36,16 @@ class Prediction:
 
     `path` is the path as given, or `<image N>` / `<array N>` for the N-th input when it was
     an in-memory image; `probs` are calibrated class probabilities (`Predictor.classes` order).
+    `ood_score` is the out-of-distribution score (`sslall.decide._ood`) and `ood` whether it is
+    above the threshold (the verdict is then "unknown", whatever `probs` says); both are None
+    when the checkpoint's round recorded no OOD calibration (an older sslall).
     """
 
     path: str
     probs: np.ndarray | None
     error: str | None = None
+    ood_score: float | None = None
+    ood: bool | None = None
 
 
 def checkpoint_preprocess(meta: dict) -> PreprocessConfig | None:
@@ -72,11 +78,16 @@ class Predictor:
         checkpoint: a round's folder (`runs/round-NNNN`, `RoundResult.run_dir`) or either of
             its two files.
         device: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:N" or "mps".
+        ood_quantile: the OOD threshold's quantile of the round's calibration scores (the
+            config's `ood.quantile`); None keeps the one the round was run with. `ood` is the
+            loaded `OodCalibration`, None for a round folder without OOD files.
 
     Raises:
         NotFoundError: the checkpoint does not exist.
-        ModelError: the checkpoint is damaged, or the device is not available here.
+        ModelError: the checkpoint or its OOD files are damaged, or the device is not
+            available here.
         ConfigError: `device` names no device.
+        InputError: `ood_quantile` is outside (0, 1].
 
     Example:
         >>> predictor = Predictor(ws.round_dir(3), device="auto")  # doctest: +SKIP
@@ -85,7 +96,8 @@ class Predictor:
         ('Pre-B', 0.97)
     """
 
-    def __init__(self, checkpoint: str | Path, device: str | torch.device = "cpu") -> None:
+    def __init__(self, checkpoint: str | Path, device: str | torch.device = "cpu",
+                 ood_quantile: float | None = None) -> None:
         state, meta = load_checkpoint(Path(checkpoint))
         self.meta = meta
         self.classes: list[str] = list(meta["classes"])
@@ -95,6 +107,7 @@ class Predictor:
         self.transform = eval_transform(int(meta["image_size"]), meta["mean"], meta["std"],
                                         checkpoint_preprocess(meta))
         self.max_pixels = int(meta.get("max_pixels", 50_000_000))
+        self.ood = _load_ood(Path(checkpoint), ood_quantile)
 
     def predict(self, images: Sequence[ImageInput], batch_size: int = 32) -> list[Prediction]:
         """One `Prediction` per input, in input order (see the class docstring for the inputs).
@@ -122,11 +135,36 @@ class Predictor:
     def _run(self, batch: list[tuple[int, str, torch.Tensor]], out: list[Prediction | None]) -> None:
         if not batch:
             return
-        with torch.inference_mode():
-            logits = self.model(torch.stack([t for _, _, t in batch]).to(self.device)).cpu().numpy()
+        with torch.inference_mode():  # the round's embeddings: the same pooled features
+            emb = self.model.features(torch.stack([t for _, _, t in batch]).to(self.device))
+            logits = self.model.head(emb).cpu().numpy()
         probs = softmax(logits, self.temperature)
+        scores = flags = None
+        if self.ood is not None:
+            scores = self.ood.score(emb.float().cpu().numpy())
+            flags = self.ood.flag(scores)
         for row, (i, name, _) in enumerate(batch):
-            out[i] = Prediction(name, probs[row])
+            out[i] = Prediction(name, probs[row], None,
+                                None if scores is None else float(scores[row]),
+                                None if flags is None else bool(flags[row]))
+
+
+def _load_ood(checkpoint: Path, quantile: float | None) -> OodCalibration | None:
+    """The OOD calibration beside a checkpoint: in its folder, or the folder of the file given
+    when that file has a round folder's name (a renamed pair has no OOD files of its own)."""
+    if checkpoint.is_dir():
+        found = read_ood(checkpoint)
+    else:
+        found = read_ood(checkpoint.parent) if checkpoint.name in (WEIGHTS_NAME, META_NAME) else None
+    if found is None:
+        return None
+    cal = found[0]
+    if quantile is None:
+        return cal
+    try:
+        return cal.with_quantile(quantile)
+    except ValueError as exc:
+        raise InputError(f"ood quantile: {exc}") from None
 
 
 def _named_input(x: object, i: int) -> tuple[str, Image.Image | None]:
@@ -174,6 +212,9 @@ def _in_memory_rgb(picture: Image.Image, name: str) -> Image.Image:
 def evaluate_folder(predictor: Predictor, folder: Path, workspace: Workspace | None = None) -> dict:
     """Metrics of a checkpoint on a class-per-folder set (folders must be its classes).
 
+    `ood` says how many images were flagged out of distribution and gives accuracy, macro-F1
+    and ECE without them (`kept`; None when every image was flagged); it is None when the
+    checkpoint has no OOD calibration.
     With `workspace`, `in_workspace` counts the evaluated images that are already in its pools
     (same bytes, so same sample id), per pool: a model scored on images it trained or
     calibrated on looks better than it is. Without one, `in_workspace` is None.
@@ -204,9 +245,25 @@ def evaluate_folder(predictor: Predictor, folder: Path, workspace: Workspace | N
     metrics = classification_metrics(y, probs.argmax(1), probs, predictor.classes)
     metrics["images"] = len(ok)
     metrics["unreadable"] = [{"path": p.path, "error": p.error} for p in preds if p.error]
+    metrics["ood"] = _ood_metrics(predictor, [preds[i] for i in ok], y, probs)
     metrics["in_workspace"] = (None if workspace is None
                                else _in_workspace(workspace, [paths[i] for i in ok]))
     return metrics
+
+
+def _ood_metrics(predictor: Predictor, preds: list[Prediction], y: np.ndarray,
+                 probs: np.ndarray) -> dict | None:
+    """The flagged count and the metrics of the images not flagged (see `evaluate_folder`)."""
+    if predictor.ood is None:
+        return None
+    flagged = np.array([bool(p.ood) for p in preds])
+    kept = None
+    if not flagged.all():
+        m = classification_metrics(y[~flagged], probs[~flagged].argmax(1), probs[~flagged],
+                                   predictor.classes)
+        kept = {k: m[k] for k in ("accuracy", "macro_f1", "ece")} | {"images": int((~flagged).sum())}
+    return {"threshold": predictor.ood.threshold, "quantile": predictor.ood.quantile,
+            "flagged": int(flagged.sum()), "kept": kept}
 
 
 def _in_workspace(ws: Workspace, paths: list[Path]) -> dict:

@@ -120,6 +120,7 @@ def build_report(ws: Workspace, config: Config, *, tsne_max: int = MAX_POINTS,
             [p, *(counts[p].get(c, 0) for c in classes),
              sum(v for k, v in counts[p].items() if k not in classes)] for p in POOLS])))
     if run_dir is not None:
+        parts.append(_section("Out-of-distribution cells", _ood_section(run_dir)))
         say("thumbnails", 3, 4)
         parts.append(_section("Most and least confident cells per predicted class",
                               _thumbnails(preds, classes, per_class, config.data.max_pixels)))
@@ -159,6 +160,32 @@ def _embedding_section(run_dir: Path, preds: list[_Prediction], classes: list[st
     labels = [p.label or p.prediction for p in chosen]
     return _img(fig.embedding_maps(maps, [p.pool for p in chosen], labels, classes),
                 "embedding maps") + _note(note)
+
+
+def _ood_section(run_dir: Path) -> str:
+    """The round's OOD threshold, the calibration scores' spread and the flagged cells per pool."""
+    from sslall.decide._ood import SUMMARY_SAMPLE, read_ood
+    from sslall.errors import ModelError
+
+    try:
+        found = read_ood(run_dir)
+    except ModelError as exc:
+        return _note(str(exc))
+    if found is None:
+        return _note("not recorded for this round (fewer than 2 labeled cells, or a round from "
+                     "an older sslall): predictions are not flagged")
+    cal, meta = found
+    qs = (0.5, 0.9, 0.95, 0.99, 1.0)
+    spread = _table(["quantile", *(f"{q:g}" for q in qs)],
+                    [[f"{cal.source} scores", *(float(np.quantile(cal.scores, q)) for q in qs)]])
+    pools = _table(["pool (at the round's start)", "cells scored", "flagged", "flagged %"],
+                   [[p, c["scored"], c["flagged"], 100 * c["flagged"] / c["scored"]]
+                    for p, c in meta.get("pools", {}).items() if c["scored"]])
+    return (_note(f"OOD score: mean cosine distance to the {cal.k} nearest of "
+                  f"{len(cal.reference)} labeled training cells. Threshold {cal.threshold:.4f} = "
+                  f"the {cal.quantile:g} quantile of {len(cal.scores)} {cal.source} scores; a "
+                  "cell above it is predicted \"unknown\". The unlabeled pool is counted on a "
+                  f"sample of at most {SUMMARY_SAMPLE} cells.") + spread + pools)
 
 
 def _thumbnails(preds: list[_Prediction], classes: list[str], k: int, max_pixels: int) -> str:

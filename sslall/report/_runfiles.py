@@ -18,6 +18,7 @@ from sslall._fsutil import fsync_dir, write_atomic
 from sslall.store._records import Move
 
 if TYPE_CHECKING:
+    from sslall.config import OodConfig
     from sslall.decide._label_issues import LabelIssue
     from sslall.model._learner import Learner
     from sslall.store._snapshot import Snapshot
@@ -32,11 +33,12 @@ def write_run_dir(ws: Workspace, round_no: int, learner: Learner, temperature: f
                   summary: dict, snapshot: Snapshot, probs: np.ndarray,
                   moves: list[Move], weights: dict[str, float],
                   embeddings: np.ndarray | None = None,
-                  label_issues: list[LabelIssue] | None = None) -> None:
+                  label_issues: list[LabelIssue] | None = None, ood: OodConfig | None = None) -> None:
     """Write checkpoint, metrics.json (`summary`: the round's record and its extras),
     predictions.csv, label_issues.csv (the suspected human label errors, most suspect first;
-    not written when the round did not search) and the report's data (reliability, embedding
-    sample; `sslall.report._data`), then rename the folder into place."""
+    not written when the round did not search), the report's data (reliability, embedding
+    sample; `sslall.report._data`) and, with `ood` and `embeddings`, the OOD reference and
+    calibration (`sslall.decide._ood`), then rename the folder into place."""
     from sslall.model._checkpoints import save_checkpoint
     from sslall.report._data import write_report_data
 
@@ -55,6 +57,8 @@ def write_run_dir(ws: Workspace, round_no: int, learner: Learner, temperature: f
         if label_issues is not None:
             _write_label_issues(tmp / LABEL_ISSUES_FILE, label_issues)
         write_report_data(tmp, snapshot, probs, temperature, embeddings, seed=round_no)
+        if ood is not None and embeddings is not None:
+            _write_ood(tmp, snapshot, embeddings, moves, ood, seed=round_no)
         fsync_dir(tmp)
     except BaseException:  # a full disk, say: leave no half-written folder taking space
         shutil.rmtree(tmp, ignore_errors=True)
@@ -110,3 +114,21 @@ def read_label_issues(run_dir) -> list[dict] | None:
         for key in ("p_label", "p_suggested", "quality"):
             row[key] = float(row[key])
     return rows
+
+
+def _write_ood(folder, snapshot: Snapshot, embeddings: np.ndarray, moves: list[Move],
+               ood: OodConfig, seed: int) -> None:
+    """The OOD files: reference = the labeled pool's embeddings, calibrated on the holdout; the
+    summary counts flagged cells per pool (as the round found them) and scores the review queue
+    the round leaves. Nothing is written with fewer than 2 labeled cells."""
+    from sslall.decide._ood import calibrate_ood, round_ood_summary, write_ood
+
+    cal = calibrate_ood(embeddings, snapshot.mask("labeled"), snapshot.mask("holdout"), k=ood.k,
+                        quantile=ood.quantile, max_reference=ood.max_reference, seed=seed)
+    if cal is None:
+        return
+    review = {s.id for s in snapshot.rows if s.pool == "review"}
+    review |= {m.sample_id for m in moves if m.to_pool == "review"}
+    summary = round_ood_summary(cal, embeddings, [s.id for s in snapshot.rows],
+                                [s.pool for s in snapshot.rows], review, seed=seed)
+    write_ood(folder, cal, summary)

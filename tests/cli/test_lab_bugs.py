@@ -188,9 +188,10 @@ def test_predict_table_shows_every_class_probability(lab: dict, runner,
     [row] = predict_json(runner, "L1/L1_00000.png", "-w", lab["ws"])
     table = invoke(runner, "predict", "L1/L1_00000.png", "-w", lab["ws"])
     assert table.exit_code == 0, table.stderr
-    assert table_row(table.stdout, "path") == ["path", "class", "confidence", *CLASSES]
+    assert table_row(table.stdout, "path") == ["path", "class", "confidence", "ood", *CLASSES]
+    assert not row["ood"]  # a training cell: the class column shows the class
     assert table_row(table.stdout, "L1/L1_00000.png") == [
-        "L1/L1_00000.png", row["class"], str(row["confidence"]),
+        "L1/L1_00000.png", row["class"], str(row["confidence"]), str(row["ood_score"]),
         *(str(row["probabilities"][c]) for c in CLASSES)]
     assert abs(sum(row["probabilities"].values()) - 1) < 1e-3
 

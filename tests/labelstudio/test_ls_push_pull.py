@@ -8,12 +8,14 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import CLASSES, Server, invoke, make_checkpoint, write_image
 from ls_review import assert_store_ok, pools, review_ws, server_tasks, task_ids
 
 from sslall._fsutil import sha256_file
 from sslall.config import load_config
+from sslall.decide._ood import OodCalibration, write_ood
 from sslall.labelstudio._client import choice_result, config_choices
 from sslall.store._pools import PoolStore
 from sslall.store._records import Move, NewSample
@@ -24,6 +26,12 @@ pytestmark = pytest.mark.labelstudio
 def test_push_pull_round_trip_with_every_annotation_rule(ls: Server, tmp_path: Path, runner,
                                                          ) -> None:
     ws, ids = review_ws(tmp_path, ls)
+    # round 1's OOD files: calibration scores 0.01..0.1 (threshold 0.1 at the default 0.99)
+    ref = np.eye(4, dtype=np.float32)
+    (ws / "runs" / "round-0001").mkdir(parents=True)
+    write_ood(ws / "runs" / "round-0001",
+              OodCalibration(ref, np.linspace(0.01, 0.1, 10, dtype=np.float32), 2, 0.99, "holdout"),
+              {"pools": {}, "review": {ids[0]: 0.5, ids[1]: 0.02}})
     result = invoke(runner, "label", "push", "-w", ws, "--json")
     assert result.exit_code == 0, result.stderr
     report = json.loads(result.stdout)
@@ -36,6 +44,10 @@ def test_push_pull_round_trip_with_every_annotation_rule(ls: Server, tmp_path: P
     sdk = ls.sdk
     full = sdk.tasks.get(id=tasks[ids[1]])
     assert full.data["image"].startswith("/data/local-files/?d=") and full.data["sample_id"] == ids[1]
+    assert (full.data["ood"], full.data["ood_score"]) == (False, 0.02)
+    far = sdk.tasks.get(id=tasks[ids[0]]).data
+    assert (far["ood"], far["ood_score"]) == (True, 0.5)
+    assert "ood" not in sdk.tasks.get(id=tasks[ids[2]]).data  # not scored by the round
     pred = sdk.predictions.list(task=tasks[ids[1]])[0]
     assert pred.model_version == "round-1" and abs(pred.score - 0.45) < 1e-6
     assert pred.result[0]["value"]["choices"] == ["L2"]

@@ -129,6 +129,16 @@ def test_report_is_self_contained_and_has_every_section(reported) -> None:
     assert "<script" not in page
 
 
+def test_report_shows_the_ood_threshold_and_flagged_cells_per_pool(reported) -> None:
+    ws, out = reported
+    page = out.read_text()
+    section = page[page.index("<h2>Out-of-distribution cells"):]
+    section = section[:section.index("</section>")]
+    threshold = json.loads((ws / "runs" / "round-0001" / "ood.json").read_text())["threshold"]
+    assert f"Threshold {threshold:.4f} = the 0.99 quantile of 15 holdout scores" in section
+    assert "<td>unlabeled</td><td>42</td>" in section  # 3 x 14 cells (the duplicate is one)
+
+
 def test_report_before_any_round_and_bad_flags(tmp_path: Path, runner) -> None:
     ws = tmp_path / "ws"
     assert invoke(runner, "init", ws, "--classes", "a,b").exit_code == 0
