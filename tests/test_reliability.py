@@ -144,11 +144,14 @@ def read_only(*folders: Path) -> Iterator[None]:
 def _fill(folder: Path) -> Path:
     """Write until the filesystem is full; return the filler file."""
     filler = folder / "filler"
-    with filler.open("wb") as handle:
+    # unbuffered: a buffered writer would keep the bytes that did not fit and raise again on close
+    with filler.open("wb", buffering=0) as handle:
+        block = b"\0" * 65536
         try:
             while True:
-                handle.write(b"\0" * 65536)
-                handle.flush()
+                while handle.write(block) == len(block):
+                    pass
+                block = b"\0" * 512  # the last few free pages
         except OSError:
             pass
     return filler
