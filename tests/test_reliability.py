@@ -157,13 +157,9 @@ def _fill(folder: Path) -> Path:
     return filler
 
 
-def _resume(proc: subprocess.Popen, marker: Path) -> subprocess.CompletedProcess:
-    marker.unlink()
-    out, err = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def test_disk_full_while_a_round_writes_its_checkpoint(template: Path, tmp_path: Path) -> None:
+@contextmanager
+def _small_disk(template: Path, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """(a real 4 MiB tmpfs, a copy of the template workspace on it); unmounted afterwards."""
     if os.geteuid() != 0:
         pytest.skip("a size-limited filesystem (tmpfs) needs root to mount")
     _root_mounts_or_skip(tmp_path)
@@ -171,7 +167,19 @@ def test_disk_full_while_a_round_writes_its_checkpoint(template: Path, tmp_path:
     disk.mkdir()
     _mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk))
     try:
-        ws = copy_ws(template, disk)
+        yield disk, copy_ws(template, disk)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def _resume(proc: subprocess.Popen, marker: Path) -> subprocess.CompletedProcess:
+    marker.unlink()
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_disk_full_while_a_round_writes_its_checkpoint(template: Path, tmp_path: Path) -> None:
+    with _small_disk(template, tmp_path) as (disk, ws):
         before = sample_rows(ws)
         marker = tmp_path / "paused"
         proc = paused(["--quiet", "round", "-w", ws], "record", marker)
@@ -186,8 +194,6 @@ def test_disk_full_while_a_round_writes_its_checkpoint(template: Path, tmp_path:
         assert_sound(ws)
         filler.unlink()
         next_round_completes(ws)
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 def test_read_only_workspace_before_and_while_a_round_writes(template: Path,
@@ -245,14 +251,7 @@ def test_disk_full_while_add_imports(template: Path, tmp_path: Path) -> None:
     """A real 4 MiB tmpfs holds the workspace and fills up: `sslall add` is one line naming the
     full disk (not "unexpected"), the store stays sound, and once space is freed the same add
     imports everything."""
-    if os.geteuid() != 0:
-        pytest.skip("a size-limited filesystem (tmpfs) needs root to mount")
-    _root_mounts_or_skip(tmp_path)
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    _mount("-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk))
-    try:
-        ws = copy_ws(template, disk)
+    with _small_disk(template, tmp_path) as (disk, ws):
         before = sample_rows(ws)
         new = tmp_path / "new"
         for i in range(40):
@@ -276,8 +275,6 @@ def test_disk_full_while_add_imports(template: Path, tmp_path: Path) -> None:
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout)["added"] == {"unlabeled": 40}
         assert_sound(ws)
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 # -- security ---------------------------------------------------------------------------------
