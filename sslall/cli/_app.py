@@ -193,7 +193,7 @@ def status_data(ws: Workspace, config: Config) -> dict:
 @app.command()
 @cli_errors
 def status(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> None:
-    """Pool sizes overall and per class, rounds so far, latest checkpoint. The class columns of
+    """Pool sizes overall and per class, rounds so far, the model in use. The class columns of
     unlabeled and review show "—": their cells have no label.
 
     \b
