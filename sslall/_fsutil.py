@@ -1,30 +1,22 @@
 """Files on disk: writing so that a reader (or a crash) sees all of a file or none of it, the
-one sha256 of a file's bytes (sample ids, checkpoint and weights digests), opening only regular
+one sha256 of a file's bytes (sample ids, checkpoint and weights digests), and opening only regular
 files (a fifo would block a reader forever, a symlink would lead a writer outside the
-workspace), and worker processes that die with their parent and never hold its lock."""
+workspace)."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import os
 import secrets
-import signal
 import stat
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import IO, Any
 
 _CHUNK = 1 << 20
-_PR_SET_PDEATHSIG = 1
-_PARENT_POLL_S = 0.2
 _O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-_lock_fds: set[int] = set()  # fds of locks held by this process; a forked worker closes them
 
 
 class NotRegularFile(OSError):
@@ -126,43 +118,3 @@ def fsync_dir(directory: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-# --- worker processes ---------------------------------------------------------------------
-
-
-def keep_from_workers(fd: int, held: bool = True) -> None:
-    """Register (or, `held` False, forget) a lock fd that forked workers must not keep open.
-
-    A forked child shares the parent's open file descriptions, and an `flock` lives until
-    every copy is closed: a worker that outlived a killed parent would hold the lock.
-    """
-    (_lock_fds.add if held else _lock_fds.discard)(fd)
-
-
-def worker_started(parent_pid: int) -> None:
-    """Initializer of every worker process sslall starts (import pool, DataLoader workers).
-
-    Closes the parent's lock fds (a copy closed in the child leaves the parent's lock held),
-    asks Linux to SIGKILL this process when its parent dies (`PR_SET_PDEATHSIG`), and watches
-    the parent's pid from a daemon thread elsewhere (and as a backstop), so no worker outlives
-    the command that started it.
-    """
-    for fd in list(_lock_fds):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _lock_fds.clear()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before the line above took effect
-        os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True,
-                     name="sslall-parent-watch").start()
-
-
-def _watch_parent(parent_pid: int) -> None:
-    while os.getppid() == parent_pid:
-        time.sleep(_PARENT_POLL_S)
-    os._exit(1)

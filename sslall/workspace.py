@@ -13,7 +13,7 @@ The lock is an advisory `flock` on `DIR/.lock`: the kernel drops it when its hol
 lock left by a killed process never blocks the next round. `fcntl` is imported only where the
 lock is taken, so the module (and `sslall.Predictor`, which uses it) imports where `fcntl` does
 not exist; taking the lock there raises `SslallError`. Worker processes close their copy of the lock's fd
-(`sslall._fsutil.worker_started`), so only the process that took it holds it.
+(`sslall._workers.worker_started`), so only the process that took it holds it.
 
 Nothing in a workspace is written through a symbolic link: `find_workspace` refuses a store,
 lock or log that is one, and the lock is opened with O_NOFOLLOW.
@@ -33,7 +33,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
 
-from sslall._fsutil import NotRegularFile, keep_from_workers, open_regular
+from sslall._fsutil import NotRegularFile, open_regular
+from sslall._workers import keep_from_workers
 from sslall.config import CONFIG_NAME, Config, load_config
 from sslall.errors import LockBusy, SslallError, UsageError, WorkspaceNotFound
 

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sslall"
 # lowest first; a module may import its own layer's siblings and anything lower
 LAYERS = [
     ("sslall.errors",),
-    ("sslall._settings", "sslall._fsutil", "sslall._faults", "sslall._progress"),
+    ("sslall._settings", "sslall._fsutil", "sslall._faults", "sslall._progress", "sslall._workers"),
     ("sslall.config",),
     ("sslall.data",),
     ("sslall.store",),

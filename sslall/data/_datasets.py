@@ -34,7 +34,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from sslall._fsutil import worker_started
+from sslall._workers import worker_started
 from sslall.data._images import RGB_CONVERSION, load_rgb
 from sslall.data._preprocess import make_preprocessor, preprocess_key
 

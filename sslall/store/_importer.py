@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sslall._faults import fault_point
-from sslall._fsutil import NotRegularFile, open_regular, sha256_handle, worker_started
+from sslall._fsutil import NotRegularFile, open_regular, sha256_handle
 from sslall._progress import Progress
+from sslall._workers import worker_started
 from sslall.data._images import UnreadableImage, inspect_image
 from sslall.errors import SslallError, UsageError
 from sslall.store._curation import conflict_settled
