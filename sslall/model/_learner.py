@@ -104,7 +104,7 @@ class Learner:
             return _empty_scores(self)
         if self.mode != "finetune":
             embeddings = self._embeddings(self.features, progress, "score")
-            logits = _head_logits(self.head, embeddings, self.device, cfg.train.batch_size * 8)
+            logits = head_logits(self.head, embeddings, self.device, cfg.train.batch_size * 8)
         else:
             classifier = Classifier(self.backbone.module, self.head, self.backbone.scales)
             lo, hi = shard_bounds(len(rows), dist)
@@ -136,7 +136,7 @@ class Learner:
             inputs = cached_inputs(cfg, self.backbone, self.stage, samples, cache_dir=cache_dir,
                                    device=self.device, progress=progress, step="test")
             embeddings = self._embeddings(inputs, progress, "test")
-            return _head_logits(self.head, embeddings, self.device, cfg.train.batch_size * 8)
+            return head_logits(self.head, embeddings, self.device, cfg.train.batch_size * 8)
         model = Classifier(self.backbone.module, self.head, self.backbone.scales)
         out = predict(model, list(samples),
                       image_size=cfg.model.image_size, mean=self.backbone.mean,
@@ -298,7 +298,7 @@ def _empty_scores(learner: Learner) -> Scores:
                   np.zeros((0, learner.backbone.num_features), np.float32))
 
 
-def _head_logits(head: MLPHead, features: np.ndarray, device: torch.device, batch: int
+def head_logits(head: MLPHead, features: np.ndarray, device: torch.device, batch: int
                  ) -> np.ndarray:
     head = head.to(device).eval()
     out = []

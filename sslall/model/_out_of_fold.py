@@ -22,7 +22,7 @@ import torch
 from sslall.config import Config
 from sslall.decide._metrics import softmax
 from sslall.model._heads import MLPHead
-from sslall.model._learner import _head_logits, training_rows
+from sslall.model._learner import head_logits, training_rows
 from sslall.model._train import train_head
 
 if TYPE_CHECKING:
@@ -78,6 +78,6 @@ def human_label_probs(config: Config, snapshot: Snapshot, embeddings: np.ndarray
                            dropout=cfg.dropout)
             head.load_state_dict(result.state)
             scored = fold_of[labeled] == k
-            logits = _head_logits(head, embeddings[labeled[scored]], device, cfg.batch_size * 8)
+            logits = head_logits(head, embeddings[labeled[scored]], device, cfg.batch_size * 8)
             out[scored] = softmax(logits, temperature)
     return np.concatenate([labeled, holdout]), np.concatenate([out, probs[holdout]])
