@@ -170,7 +170,8 @@ def test_round_hooks_without_sdk_warn_instead_of_failing(no_sdk: None, workspace
 # Installing torch & co. from PyPI in a test would take minutes and gigabytes and need the
 # network. Instead the fresh venv sees exactly the distributions pip would install for the
 # wheel's base requirements (their closure, read from the installed metadata; linked from this
-# venv, not copied) and nothing else: no label-studio-sdk, none of its 44 packages, no sslall.
+# venv, not copied) and nothing else: no label-studio-sdk nor what only it needs (nltk, black,
+# faker, ...), no editable sslall.
 # `pip install --no-index` of the wheel then proves that closure satisfies what the wheel
 # declares, and `pip check` that it is consistent.
 
