@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # The Label Studio server lives in its own venv: it is not a dependency of the sslall package
-# (which needs only the SDK), and it drags in Django and ~1 GB. The tests start it.
+# (which needs only the SDK, the extra sslall[labelstudio] that `.[dev]` includes), and it drags
+# in Django and ~1 GB. The tests start it.
 LS_VENV    := .venv-labelstudio
 LS_STAMP   := $(LS_VENV)/.installed
 LS_VERSION ?= 1.23.2
@@ -21,6 +22,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/sslall demo demo-workspace --fresh
+	@echo "sslall is installed in $(VENV): run $(BIN)/sslall, or 'source $(BIN)/activate' first"
 
 lint: $(STAMP)
 	$(BIN)/ruff check sslall tests $(wildcard benchmarks)

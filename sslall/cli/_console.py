@@ -17,7 +17,6 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -82,6 +81,12 @@ def is_quiet() -> bool:
     return bool(_state().get("quiet"))
 
 
+# What typer handles itself (an exit code; its own "Error: ..." for a usage error): passed
+# through untouched. Named through typer: since 0.26 typer vendors click, so click's classes no
+# longer match what it raises; TyperException is the base of its usage errors (BadParameter, ...).
+_TYPER_OWN = (typer.Exit, typer.Abort, typer.TyperException)
+
+
 def cli_errors(fn: F) -> F:
     """Turn `SslallError` (and anything unexpected) into one line and an exit code."""
 
@@ -89,7 +94,7 @@ def cli_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+        except _TYPER_OWN:
             raise
         except SslallError as exc:
             if _state().get("debug"):

@@ -7,6 +7,9 @@ through `LabelStudioClient._call`, which turns each failure into such a line and
 out of it. It also reads annotations back (`decide`: the multiple-annotation rule). Nothing here
 prints.
 
+The SDK is the optional extra `sslall[labelstudio]`: it is imported only here, inside the
+functions that talk to a server, and `require_sdk` turns its absence into one line (exit 2).
+
 The API key comes only from `$LABEL_STUDIO_API_KEY` or the file `labelstudio.api_key_file`
 names; it is held in memory and handed to the SDK, never put in a message or a command line.
 """
@@ -27,6 +30,7 @@ from sslall.config import LabelStudioConfig
 from sslall.errors import LabelStudioError, UsageError
 
 ENV_API_KEY = "LABEL_STUDIO_API_KEY"
+SDK_MISSING = "Label Studio support is not installed: pip install 'sslall[labelstudio]'"
 FROM_NAME, TO_NAME = "label", "image"
 CAM_NAME = "cam"  # the Grad-CAM overlay, shown under the cell (`sslall label push --with-cam`)
 T = TypeVar("T")
@@ -73,6 +77,18 @@ def resolve_path(value: str, base: Path | None) -> Path:
     return path
 
 
+def require_sdk() -> None:
+    """Check that the Label Studio SDK (the extra `sslall[labelstudio]`) can be imported.
+
+    Raises:
+        UsageError: it cannot (not installed, or installed without its own dependencies).
+    """
+    try:
+        import label_studio_sdk  # noqa: F401 - imported to see that it imports
+    except ModuleNotFoundError:
+        raise UsageError(SDK_MISSING) from None
+
+
 def read_api_key(ls: LabelStudioConfig, base: Path | None = None) -> str:
     """The API key from `$LABEL_STUDIO_API_KEY`, else from `labelstudio.api_key_file`."""
     key = os.environ.get(ENV_API_KEY, "").strip()
@@ -99,6 +115,7 @@ class LabelStudioClient:
 
     def __init__(self, url: str, api_key: str, *, timeout: float = 10.0,
                  max_retries: int = 1) -> None:
+        require_sdk()
         import httpx
         from label_studio_sdk import LabelStudio
 
@@ -123,7 +140,13 @@ class LabelStudioClient:
 
     @classmethod
     def from_config(cls, ls: LabelStudioConfig, base: Path | None = None) -> LabelStudioClient:
-        """Connect as the config says and check the server and the key (two quick calls)."""
+        """Connect as the config says and check the server and the key (two quick calls).
+
+        Raises:
+            UsageError: the SDK is not installed, or `labelstudio.url` is not set.
+            LabelStudioError: no API key, or the server is unreachable or refuses it.
+        """
+        require_sdk()
         if not ls.url:
             raise UsageError("Label Studio is not configured: set labelstudio.url in sslall.toml")
         client = cls(ls.url, read_api_key(ls, base), timeout=ls.timeout)

@@ -29,7 +29,13 @@ from sslall.config import Config
 from sslall.decide._ood import read_ood
 from sslall.errors import ModelError, SslallError, UsageError
 from sslall.labelstudio import _records as records
-from sslall.labelstudio._client import CAM_NAME, LabelStudioClient, choice_result, resolve_path
+from sslall.labelstudio._client import (
+    CAM_NAME,
+    LabelStudioClient,
+    choice_result,
+    require_sdk,
+    resolve_path,
+)
 from sslall.labelstudio._project import connect, project_id
 from sslall.store._pools import PoolStore
 from sslall.store._records import Sample
@@ -64,6 +70,7 @@ def push(store: PoolStore, config: Config, *, base: Path | None = None,
     whose config has two image fields (it cannot tell which one the file is for).
     The caller holds the workspace's round lock, so no other push runs at the same time.
     """
+    require_sdk()  # before the config checks: without the SDK, fixing them would not help
     ls = config.labelstudio
     root = _document_root(config, base)
     if client is None:
