@@ -1,7 +1,8 @@
 """One declaration per config key, and the validation of a value against it.
 
 `setting(default, doc, ...)` returns a dataclass field whose metadata (a `Setting`) holds the
-key's documentation and its allowed values or range, so a key is declared in one place.
+key's documentation and its allowed values or range, so a key is declared in one place. The
+`check_*` functions at the end validate the keys whose values no type, choice or range describes.
 
 Keys whose value names a registered function (`route.strategy`, `pseudo.policy`) declare
 ``registry=KIND``. The layer that owns those registries (`sslall.decide`, above this one) gives
@@ -131,4 +132,37 @@ def check_value(key: str, value: Any, default: Any, spec: Setting) -> Any:
         too_high = high is not None and (value > high if incl_high else value >= high)
         if too_low or too_high:
             raise ConfigError(key, f"{value!r} is out of range", spec.within)
+    return value
+
+
+# --- checks of keys no type, choice or range describes (`setting(..., check=...)`) ---------
+
+
+def check_pseudo_weight(key: str, value: Any) -> Any:
+    """`train.pseudo_weight`: 'confidence' or a number in (0, 1]."""
+    if value == "confidence":
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        return float(value)
+    raise ConfigError(key, f"got {value!r}", "'confidence' or a number in (0, 1]")
+
+
+def check_http_url(key: str, value: Any) -> Any:
+    """An http(s) URL with a host, or "" (not configured)."""
+    if value != "" and not (isinstance(value, str) and re.match(r"^https?://[^/\s?#]+(/\S*)?$", value)):
+        raise ConfigError(key, f"{value!r} is not an http(s) URL", '"" or e.g. "http://127.0.0.1:8080"')
+    return value
+
+
+def check_folds(key: str, value: Any) -> Any:
+    """0 (off) or a number of folds in [2, 32]."""
+    if isinstance(value, int) and not isinstance(value, bool) and (value == 0 or 2 <= value <= 32):
+        return value
+    raise ConfigError(key, f"got {value!r}", "0 (off) or a whole number of folds in [2, 32]")
+
+
+def check_project(key: str, value: Any) -> Any:
+    """A Label Studio project: a numeric id or a title of 3 or more characters."""
+    if not (isinstance(value, str) and (value.isdigit() or len(value.strip()) >= 3)):
+        raise ConfigError(key, f"got {value!r}", "a numeric id, or a title of 3 or more characters")
     return value

@@ -12,7 +12,7 @@ under its lock (`sslall.report._prune`); a holdout too small to trust is a line 
 With `[labelstudio] url` set, the round first pulls the annotators' answers (their moves commit
 on their own, before training, so the round trains on them) and, after its commit, pushes the
 review queue. Server trouble never fails a round: it becomes one line in `warnings`, the review
-queue stays as it is, and the next pull or push catches up.
+queue stays as it is, and the next pull or push catches up. `[tracking]` trouble is a warning too.
 
 Under torchrun (`dist`, see `sslall.model._distributed`) rank 0 runs this same round and alone takes
 the lock, reads and writes the store, the cache and the run folder; once its snapshot is ready
@@ -163,6 +163,7 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
     from sslall.labelstudio._pull import pull_if_configured
     from sslall.labelstudio._push import push_if_configured
     from sslall.report._runfiles import write_run_dir
+    from sslall.report._tracking import track_round
 
     if dist is not None and not dist.is_main:
         return _follow_round(ws, config, dist)
@@ -234,6 +235,7 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
             result.warnings += [r.error for r in (pulled, pushed) if r and r.error]
         elif config.route.route != "retrain":
             result.warnings.append(_no_labelstudio(config.route.route, result.pools.get("review", 0)))
+    result.warnings += track_round(ws, config, result.summary())  # after the lock: a slow server
     for line in result.warnings:
         log.warning("%s", line)
     return result

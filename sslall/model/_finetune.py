@@ -28,6 +28,7 @@ from sslall.model._heads import head_sizes
 from sslall.model._train import (
     BestEpoch,
     TrainResult,
+    epoch_record,
     finite_loss,
     loss_weights,
     param_groups,
@@ -128,6 +129,7 @@ def finetune(
         autocast = (lambda: torch.autocast("cuda", dtype=amp)) if amp is not None else nullcontext
         best, step = BestEpoch(patience), 0
         for epoch in range(1, epochs + 1):
+            epoch_started = time.perf_counter()
             model.train()
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
@@ -152,8 +154,8 @@ def finetune(
                        if val_loader else (None, None))
             if world > 1 and has_val:
                 f1, nll = broadcast(dist, (f1, nll))  # one stopping decision for every rank
-            best.history.append({"epoch": epoch, "train_loss": finite_loss(total / max(seen, 1), epoch, lr),
-                                 "val_macro_f1": f1, "val_loss": nll})
+            best.history.append(epoch_record(epoch, finite_loss(total / max(seen, 1), epoch, lr), f1, nll,
+                                             optimizer, epoch_started))
             if has_val and best.update(epoch, f1, nll, classifier):
                 break
     if has_val:

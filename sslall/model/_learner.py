@@ -76,11 +76,14 @@ class Learner:
 
     `features` are the cached inputs of the snapshot's rows: pooled features (head mode) or the
     frozen stages' flattened maps (last-stage mode, with `stage` the trained last stage).
+    `history` has one entry per trained model (each head of an ensemble, the last stage, the
+    finetuned network): its name, best epoch, seconds and per-epoch records (`epoch_record`).
     """
 
     def __init__(self, config: Config, backbone: Backbone, head: MLPHead, mode: str,
                  device: torch.device, features: np.ndarray | None, train_report: dict,
-                 dist: Dist | None = None, stage: LastStage | None = None) -> None:
+                 dist: Dist | None = None, stage: LastStage | None = None,
+                 history: list[dict] | None = None) -> None:
         self.config = config
         self.dist = dist
         self.backbone = backbone
@@ -90,6 +93,7 @@ class Learner:
         self.features = features
         self.train_report = train_report
         self.stage = stage
+        self.history = history or []
 
     def score(self, rows: Sequence[Sample], *, progress: Progress | None = None,
               mc_samples: int = 0) -> Scores:
@@ -255,7 +259,10 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
     report = {"best_epoch": [r.best_epoch for r in results],
               "epochs_run": [len(r.history) for r in results],
               "train_rows": int(len(rows)), "seconds": sum(r.seconds for r in results)}
-    return Learner(cfg, backbone, head, mode, device, features, report, dist, stage)
+    names = [mode] if len(results) == 1 else [f"head-{k + 1}" for k in range(len(results))]
+    history = [{"model": name, "best_epoch": r.best_epoch, "seconds": round(r.seconds, 4),
+                "epochs": r.history} for name, r in zip(names, results, strict=True)]
+    return Learner(cfg, backbone, head, mode, device, features, report, dist, stage, history)
 
 
 def cached_inputs(config: Config, backbone: Backbone, stage: LastStage | None,

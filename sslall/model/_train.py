@@ -35,8 +35,9 @@ from sslall.errors import ModelError
 from sslall.model._devices import one_cpu_thread, seeded
 from sslall.model._heads import MLPHead
 
-__all__ = ["CLASS_BALANCE", "BestEpoch", "TrainResult", "TrainSet", "finite_loss", "fit_rows", "loss_weights",
-           "param_groups", "prepare_rows", "sampler_weights", "train_head", "val_scores"]
+__all__ = ["CLASS_BALANCE", "BestEpoch", "TrainResult", "TrainSet", "epoch_record", "finite_loss",
+           "fit_rows", "loss_weights", "param_groups", "prepare_rows", "sampler_weights", "train_head",
+           "val_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ class TrainSet:
 
 @dataclass
 class TrainResult:
-    """The kept weights (CPU tensors), the epoch they come from, per-epoch history, wall time."""
+    """The kept weights (CPU tensors), the epoch they come from, per-epoch history
+    (`epoch_record` dicts), wall time."""
 
     state: dict[str, torch.Tensor]
     best_epoch: int
@@ -135,6 +137,7 @@ def fit_rows(
     draw = torch.as_tensor(sampler_weights(y, num_classes)) if class_balance == "sampler" else None
     best = BestEpoch(patience)
     for epoch in range(1, epochs + 1):
+        epoch_started = time.perf_counter()
         model.train()
         draws = max(len(y), epoch_rows or MIN_EPOCH_ROWS)  # read at call time: benchmarks vary it
         order = (torch.multinomial(draw, draws, replacement=True, generator=generator)
@@ -151,8 +154,8 @@ def fit_rows(
             optimizer.step()
             total += float(loss.detach()) * len(idx)
         f1, nll = _head_scores(model, val_x, val_y, device, score_batch) if has_val else (None, None)
-        best.history.append({"epoch": epoch, "train_loss": finite_loss(total / len(order), epoch, lr),
-                             "val_macro_f1": f1, "val_loss": nll})
+        best.history.append(epoch_record(epoch, finite_loss(total / len(order), epoch, lr), f1, nll,
+                                         optimizer, epoch_started))
         if progress is not None:
             progress("train", epoch, epochs)
         if has_val and best.update(epoch, f1, nll, model):
@@ -190,6 +193,16 @@ class BestEpoch:
     def keep(self, epoch: int, module: nn.Module) -> None:
         self.epoch = epoch
         self.state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+def epoch_record(epoch: int, train_loss: float, f1: float | None, nll: float | None,
+                 optimizer: torch.optim.Optimizer, started: float) -> dict:
+    """One epoch of a `TrainResult.history`: the mean training loss, the holdout macro-F1 and
+    loss (None without a holdout), the head's learning rate at the epoch's end (the last
+    parameter group) and the epoch's wall time in seconds, validation included."""
+    return {"epoch": epoch, "train_loss": train_loss, "val_macro_f1": f1, "val_loss": nll,
+            "lr": float(optimizer.param_groups[-1]["lr"]),
+            "seconds": round(time.perf_counter() - started, 4)}
 
 
 def prepare_rows(

@@ -1,6 +1,6 @@
 """What a round records for `sslall report` beyond metrics.json and predictions.csv.
 
-Two small files in `runs/round-NNNN/`, written with the rest of the round's folder:
+Three small files in `runs/round-NNNN/`, written with the rest of the round's folder:
 
     reliability.json   the holdout's reliability diagram before calibration (T = 1) and after
                        (the fitted temperature): per confidence bin, its count, mean confidence
@@ -9,6 +9,11 @@ Two small files in `runs/round-NNNN/`, written with the rest of the round's fold
                        sample when there are more) and `pca`: their embeddings reduced to 32
                        principal components (float16), enough for the report's PCA and t-SNE
                        maps without keeping the full [N, D] embeddings
+    history.json       the training curves: {"round", "mode", "models": [{"model", "best_epoch",
+                       "seconds", "epochs": [{"epoch", "train_loss", "val_macro_f1", "val_loss",
+                       "lr", "seconds"}, ...]}, ...]}, one model per ensemble head (head-1,
+                       head-2, ...), or the last stage or finetuned network; the holdout scores
+                       are null without a holdout
 
 The uncalibrated probabilities are recovered from the calibrated ones exactly: p = softmax(z/T),
 so softmax(T log p) = softmax(z).
@@ -29,9 +34,10 @@ from sslall.decide._metrics import ECE_BINS, calibration_bins
 if TYPE_CHECKING:
     from sslall.store._snapshot import Snapshot
 
-__all__ = ["MAX_POINTS", "principal_components", "read_embeddings", "read_reliability",
-           "reliability_bins", "write_report_data"]
+__all__ = ["HISTORY_FILE", "MAX_POINTS", "principal_components", "read_embeddings", "read_history",
+           "read_reliability", "reliability_bins", "write_history", "write_report_data"]
 
+HISTORY_FILE = "history.json"
 MAX_POINTS = 20_000
 PCA_COMPONENTS = 32
 
@@ -90,6 +96,18 @@ def principal_components(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]
         return np.zeros((len(x), k), dtype=x.dtype), np.zeros(k)
     pca = PCA(n_components=k, svd_solver="randomized", random_state=0)
     return pca.fit_transform(x), pca.explained_variance_ / total
+
+
+def write_history(folder: Path, round_no: int, mode: str, models: list[dict]) -> None:
+    """Write history.json (`Learner.history` of the round) into a round's (temporary) folder."""
+    data = {"round": int(round_no), "mode": mode, "models": models}
+    write_atomic(folder / HISTORY_FILE, json.dumps(data, indent=1).encode())
+
+
+def read_history(run_dir: Path) -> dict | None:
+    """history.json of a round, or None (rounds from before it was recorded)."""
+    path = run_dir / HISTORY_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def read_reliability(run_dir: Path) -> dict | None:

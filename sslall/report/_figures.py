@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 __all__ = ["class_distribution", "confidence_histograms", "confusion", "embedding_maps",
-           "metrics_per_round", "pools_per_round", "reliability"]
+           "metrics_per_round", "pools_per_round", "reliability", "training_curves"]
 
 POOL_COLOURS = {"labeled": "#1b9e77", "pseudo": "#7570b3", "unlabeled": "#bdbdbd",
                 "review": "#d95f02", "holdout": "#e7298a", "quarantine": "#666666"}
@@ -162,4 +162,38 @@ def class_distribution(counts: Mapping[str, Mapping[str, int]], classes: Sequenc
     ax.set_ylabel("samples")
     if pools:
         ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def training_curves(models: Sequence[Mapping]) -> bytes:
+    """Loss (training solid, holdout dashed) and holdout macro-F1 against the epoch, one colour
+    a model (history.json's `models`); a star marks the epoch whose weights each model kept."""
+    plt = _plt()
+    fig, (loss_ax, f1_ax) = plt.subplots(1, 2, figsize=(8, 3.2), sharex=True)
+    cmap = plt.get_cmap("tab10")
+    for k, model in enumerate(models):
+        colour = cmap(k % cmap.N)
+        epochs = [e["epoch"] for e in model["epochs"]]
+        loss_ax.plot(epochs, [e["train_loss"] for e in model["epochs"]], color=colour,
+                     label=model["model"])
+        val_loss = [np.nan if e["val_loss"] is None else e["val_loss"] for e in model["epochs"]]
+        f1 = [np.nan if e["val_macro_f1"] is None else e["val_macro_f1"] for e in model["epochs"]]
+        if not np.isnan(f1).all():
+            loss_ax.plot(epochs, val_loss, "--", color=colour)
+            f1_ax.plot(epochs, f1, color=colour)
+            best = model["best_epoch"]
+            if best in epochs:
+                f1_ax.plot([best], [f1[epochs.index(best)]], "*", color=colour, markersize=12,
+                           markeredgecolor="black")
+    if f1_ax.lines:
+        loss_ax.plot([], [], "--", color="grey", label="holdout")
+    else:
+        f1_ax.text(0.5, 0.5, "no holdout", ha="center", va="center", transform=f1_ax.transAxes)
+    loss_ax.set_ylabel("loss (solid: training)")
+    loss_ax.legend(fontsize=7, loc="best")
+    f1_ax.set_ylabel("holdout macro-F1 (*: kept epoch)")
+    f1_ax.set_ylim(0, 1.02)
+    for ax in (loss_ax, f1_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
     return _png(fig)

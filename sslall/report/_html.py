@@ -25,7 +25,7 @@ from sslall._progress import Progress
 from sslall.config import Config
 from sslall.data._images import UnreadableImage, load_rgb
 from sslall.report import _figures as fig
-from sslall.report._data import MAX_POINTS, read_embeddings, read_reliability
+from sslall.report._data import MAX_POINTS, read_embeddings, read_history, read_reliability
 from sslall.report._runfiles import read_label_issues
 from sslall.store._pools import PoolStore
 from sslall.store._records import POOLS, utc_now
@@ -94,6 +94,7 @@ def build_report(ws: Workspace, config: Config, *, tsne_max: int = MAX_POINTS,
 
     if run_dir is not None:
         say("reliability and confidences", 1, 4)
+        parts.append(_section(f"Training curves, round {latest['round']}", _history_section(run_dir)))
         rel = read_reliability(run_dir)
         if rel and "before" in rel:
             body = _img(fig.reliability(rel["before"], rel["after"]), "reliability diagram")
@@ -160,6 +161,24 @@ def _embedding_section(run_dir: Path, preds: list[_Prediction], classes: list[st
     labels = [p.label or p.prediction for p in chosen]
     return _img(fig.embedding_maps(maps, [p.pool for p in chosen], labels, classes),
                 "embedding maps") + _note(note)
+
+
+def _history_section(run_dir: Path) -> str:
+    """The round's loss and holdout macro-F1 per epoch of each model it trained (history.json)."""
+    found = read_history(run_dir)
+    if not found or not found.get("models"):
+        return _note("no history recorded for this round (a round from an older sslall)")
+    rows = []
+    for m in found["models"]:
+        kept = next((e for e in m["epochs"] if e["epoch"] == m["best_epoch"]), {})
+        lr = kept.get("lr")
+        rows.append([m["model"], len(m["epochs"]), m["best_epoch"], kept.get("val_macro_f1"),
+                     None if lr is None else f"{lr:.3g}", m["seconds"]])
+    return (_img(fig.training_curves(found["models"]), "training curves")
+            + _table(["model", "epochs run", "kept epoch", "holdout macro-F1 there",
+                      "learning rate there", "seconds"], rows)
+            + _note("runs/round-NNNN/history.json holds every epoch: loss, holdout macro-F1 and "
+                    "loss, learning rate, seconds"))
 
 
 def _ood_section(run_dir: Path) -> str:

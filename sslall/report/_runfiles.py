@@ -37,10 +37,10 @@ def write_run_dir(ws: Workspace, round_no: int, learner: Learner, temperature: f
     """Write checkpoint, metrics.json (`summary`: the round's record and its extras),
     predictions.csv, label_issues.csv (the suspected human label errors, most suspect first;
     not written when the round did not search), the report's data (reliability, embedding
-    sample; `sslall.report._data`) and, with `ood` and `embeddings`, the OOD reference and
+    sample, training history; `sslall.report._data`) and, with `ood` and `embeddings`, the OOD reference and
     calibration (`sslall.decide._ood`), then rename the folder into place."""
     from sslall.model._checkpoints import save_checkpoint
-    from sslall.report._data import write_report_data
+    from sslall.report._data import write_history, write_report_data
 
     final = ws.round_dir(round_no)
     tmp = ws.partial_round_dir(round_no)
@@ -57,6 +57,7 @@ def write_run_dir(ws: Workspace, round_no: int, learner: Learner, temperature: f
         if label_issues is not None:
             _write_label_issues(tmp / LABEL_ISSUES_FILE, label_issues)
         write_report_data(tmp, snapshot, probs, temperature, embeddings, seed=round_no)
+        write_history(tmp, round_no, learner.mode, learner.history)
         if ood is not None and embeddings is not None:
             _write_ood(tmp, snapshot, embeddings, moves, ood, seed=round_no)
         fsync_dir(tmp)

@@ -51,7 +51,9 @@ def test_train_head_learns_separable_blobs(balance):
     assert (_predict(result.state, vx) == vy).all()
     assert calls == list(range(1, len(result.history) + 1)) and result.seconds > 0
     assert names == {"train"}
-    assert set(result.history[0]) == {"epoch", "train_loss", "val_macro_f1", "val_loss"}
+    assert set(result.history[0]) == {"epoch", "train_loss", "val_macro_f1", "val_loss", "lr", "seconds"}
+    assert all(h["lr"] == FAST["lr"] and h["seconds"] > 0 for h in result.history)
+    assert sum(h["seconds"] for h in result.history) <= result.seconds
 
 
 def test_train_head_is_reproducible_and_leaves_global_rng_alone():
@@ -60,8 +62,9 @@ def test_train_head_is_reproducible_and_leaves_global_rng_alone():
     a = train_head(x, y, np.ones(len(y)), x, y, num_classes=3, **FAST)
     assert torch.equal(torch.get_rng_state(), rng_state)
     b = train_head(x, y, np.ones(len(y)), x, y, num_classes=3, **FAST)
-    assert _states_equal(a.state, b.state) and a.history == [
-        {**h, "train_loss": pytest.approx(h["train_loss"])} for h in b.history]
+    assert _states_equal(a.state, b.state) and a.history == [  # wall time is no training result
+        {**h, "train_loss": pytest.approx(h["train_loss"]), "seconds": a.history[i]["seconds"]}
+        for i, h in enumerate(b.history)]
     c = train_head(x, y, np.ones(len(y)), x, y, num_classes=3, **{**FAST, "seed": 4})
     assert not _states_equal(a.state, c.state)
 
@@ -172,6 +175,7 @@ def test_finetune_one_epoch_on_tiny_images(tmp_path, with_val):
     assert not model.training and result.best_epoch == 1 and len(result.history) == 1
     assert steps == [(1, 2), (2, 2)]  # 8 weighted rows in batches of 4; the weight-0 row dropped
     assert (result.history[0]["val_macro_f1"] is not None) == with_val
+    assert result.history[0]["lr"] == pytest.approx(0.0, abs=1e-9)  # the cosine schedule's end
 
 
 def test_resolve_device(monkeypatch):
