@@ -75,7 +75,7 @@ def test_mlflow(tmp_path: Path, runner) -> None:
     summary = _round(runner, ws)
     if importlib.util.find_spec("mlflow") is None:
         assert summary["warnings"].count(
-            "tracking.mlflow is set but mlflow is not installed (pip install mlflow); the round "
+            "tracking.mlflow is set but mlflow is not installed (pip install 'sslall[mlflow]'); the round "
             "is recorded, only not logged there") == 1
         assert (ws / "runs" / "round-0001" / "history.json").is_file() and summary["round"] == 1
         assert not (ws / "mlruns").exists()

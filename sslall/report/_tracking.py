@@ -107,7 +107,7 @@ def _missing(package: str) -> str | None:
     """The install hint when `package` is not installed; None when it is."""
     if importlib.util.find_spec(package) is not None:
         return None
-    install = "pip install 'sslall[tracking]'" if package == "tensorboard" else "pip install mlflow"
+    install = f"pip install 'sslall[{'tracking' if package == 'tensorboard' else 'mlflow'}]'"
     return (f"tracking.{package} is set but {package} is not installed ({install}); the round is "
             "recorded, only not logged there")
 
