@@ -4,6 +4,7 @@ the webhook Label Studio made for the backend."""
 
 from __future__ import annotations
 
+import csv
 import threading
 import time
 from collections.abc import Callable
@@ -43,7 +44,7 @@ def served(ls: Server, tmp_path_factory) -> dict:
     text = (ws / "sslall.toml").read_text()
     (ws / "sslall.toml").write_text(text + f'\n[labelstudio]\nurl = "{ls.url}"\nproject = '
                                     f'"serve {root.name}"\ndocument_root = "{ls.root}"\n'
-                                    f'api_key_file = "{ls.key_file}"\n')
+                                    f'api_key_file = "{ls.key_file}"\nround_after = 1\n')
     result = invoke(CliRunner(), "round", "-w", ws, "--json")
     assert result.exit_code == 0, result.stderr
     workspace = Workspace(ws)
@@ -104,4 +105,30 @@ def test_an_annotation_reaches_the_pool_store_through_the_webhook(ls: Server, se
             return s.pool == "labeled" and s.label == label and s.label_source == "labelstudio"
 
     wait_for("the webhook's pull", labelled)
-    assert served["server"].backend.last_pull["labeled"] == 1
+    backend = served["server"].backend
+    assert backend.last_pull["labeled"] == 1
+
+    # round_after = 1: that label started a round in its own process, whose push gave the
+    # tasks still open round 2's guess and the new ones their acquisition score and rank
+    wait_for("the queued round", lambda: backend.round_proc is not None, 30)
+    assert backend.round_proc.wait(timeout=300) == 0
+    with PoolStore(db, read_only=True) as store:
+        assert store.last_round() == 2
+        still_open = [s.id for s in store.samples("review") if s.id in tasks]
+    with (served["ws"] / "runs" / "round-0002" / "predictions.csv").open() as handle:
+        guesses = {r["sample_id"]: r for r in csv.DictReader(handle)}
+    assert still_open
+    for sid in still_open:
+        [pred] = ls.sdk.predictions.list(task=tasks[sid])
+        assert pred.model_version == "round-2"
+        assert pred.result == choice_result(guesses[sid]["prediction"])
+        assert pred.score == pytest.approx(float(guesses[sid]["confidence"]), abs=1e-5)
+    new = [t.data for t in ls.sdk.tasks.list(project=served["pid"], fields="task_only",
+                                             include="id,data")
+           if (t.data or {}).get("sample_id") and t.data["sample_id"] not in tasks]
+    assert new and all(d["sslall_rank"] >= 1 and isinstance(d["sslall_score"], float)
+                       for d in new)
+    with PoolStore(db, read_only=True) as store:  # as the round's reason says
+        reasons = {d["sample_id"]: store.get(d["sample_id"]).reason for d in new}
+    for d in new:
+        assert f"{d['sslall_score']:.3g}, rank {d['sslall_rank']} of " in reasons[d["sample_id"]]

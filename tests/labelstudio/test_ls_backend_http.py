@@ -170,3 +170,29 @@ def test_serve_refuses_a_port_in_use(lab: dict) -> None:
                                 capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "cannot listen on 127.0.0.1" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_queued_round_is_skipped_while_the_lock_is_held(lab: dict) -> None:
+    from dataclasses import replace
+
+    from sslall.workspace import round_lock
+
+    workspace = Workspace(lab["ws"])
+    config = workspace.config()
+    backend = Backend(workspace, replace(config, labelstudio=replace(config.labelstudio,
+                                                                     round_after=2)))
+    assert backend.queue_round() == "waiting: 0 of 2 labels"
+    with round_lock(workspace, "a scheduled round"):
+        assert backend.queue_round(force=True).startswith("skipped: the workspace lock is held")
+    assert backend.round_proc is None
+
+
+def test_queue_fields_read_the_review_reason() -> None:
+    from sslall.labelstudio._refresh import queue_fields
+
+    assert queue_fields("margin 0.04, rank 3 of 120 candidates") == {"sslall_score": 0.04,
+                                                                     "sslall_rank": 3}
+    assert queue_fields("entropy 1e-05, rank 1 of 4 confident candidates (p=0.9 ...)") == {
+        "sslall_score": 1e-05, "sslall_rank": 1}
+    assert queue_fields("coreset: pick 2 of 5 among 40 candidates") == {"sslall_rank": 2}
+    assert queue_fields("labelled by hand") == {} and queue_fields(None) == {}
