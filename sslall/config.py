@@ -209,6 +209,8 @@ class LabelStudioConfig:
     batch_size: int = setting(100, "tasks per request when pushing and pulling", within="[1, 1000]")
     api_key_file: str = setting("", "file holding the API key; else $LABEL_STUDIO_API_KEY")
     timeout: float = setting(10.0, "seconds to wait for one answer of the server", within="(0, 600]")
+    round_after: int = setting(0, "`sslall serve`: start a round once this many cells were "
+                               "labelled through its webhook (0 = never)", within="[0, inf]")
 
 
 @dataclass(frozen=True)

@@ -329,6 +329,7 @@ def _register_round_commands() -> None:
     from sslall.cli import _label as cli_label
     from sslall.cli import _models as cli_models
     from sslall.cli import _round as cli_round
+    from sslall.cli import _serve as cli_serve
 
     cli_round.register(app)
     cli_label.register(app)
@@ -338,6 +339,7 @@ def _register_round_commands() -> None:
     cli_holdout.register(app)
     cli_curation.register(app)
     cli_export.register(app)
+    cli_serve.register(app)
 
 
 _register_round_commands()

@@ -81,7 +81,9 @@ def push_cmd(
     made = " (created it)" if report.created_project else ""
     say(f"pushed {report.pushed} task(s) to Label Studio project {report.project_id}{made}; "
         f"{report.already} already there" + (f", {report.recovered} recovered from an "
-                                              "interrupted push" if report.recovered else ""))
+                                              "interrupted push" if report.recovered else "")
+        + (f"; {report.refreshed} open task(s) got the newest round's guess"
+           if report.refreshed else ""))
 
 
 def _cam_overlay(workspace: Path | None, checkpoint: Path | None) -> Callable[[Sample], Path]:

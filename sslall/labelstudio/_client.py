@@ -293,6 +293,19 @@ class LabelStudioClient:
         while (row := self._call("listing tasks", one)) is not None:
             yield row
 
+    def predictions(self, task_id: int) -> list[tuple[int, str]]:
+        """(prediction id, model_version) of a task's predictions."""
+        return self._call("listing predictions", lambda: [
+            (int(p.id), str(p.model_version or "")) for p in self.sdk.predictions.list(task=task_id)])
+
+    def add_prediction(self, task_id: int, label: str, score: float | None, version: str) -> None:
+        self._call("creating a prediction", lambda: self.sdk.predictions.create(
+            task=task_id, result=choice_result(label), model_version=version,
+            **({} if score is None else {"score": score})))
+
+    def delete_prediction(self, prediction_id: int) -> None:
+        self._call("deleting a prediction", lambda: self.sdk.predictions.delete(id=prediction_id))
+
     def user_names(self) -> dict[int, str]:
         """Annotator names by user id (email, else username)."""
         return self._call("listing users", lambda: {

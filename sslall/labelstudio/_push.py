@@ -3,8 +3,10 @@
 Every `review` sample not yet sent becomes one task, data `{image, sample_id}` (plus `visit` from
 the second time a sample comes back to review, and `ood_score` and `ood` when the round that
 sent it to review recorded them: its out-of-distribution score and whether it is above the
-threshold at the configured `ood.quantile`, see `sslall.decide._ood`), with the model's guess
-as a pre-annotation (`model_version` = round, `score` = calibrated confidence). The project is
+threshold at the configured `ood.quantile`, see `sslall.decide._ood`; and `sslall_score`,
+`sslall_rank`: the acquisition score and rank the round gave it, see `sslall.labelstudio._refresh`),
+with the model's guess as a pre-annotation (`model_version` = round, `score` = calibrated
+confidence). Each push then gives the tasks still open the newest round's guess (`_refresh`). The project is
 created on first use with a single-choice config of the workspace classes.
 
 Idempotence. Label Studio does not deduplicate and reuses task ids, so the key is always our
@@ -37,6 +39,7 @@ from sslall.labelstudio._client import (
     resolve_path,
 )
 from sslall.labelstudio._project import connect, project_id
+from sslall.labelstudio._refresh import queue_fields, refresh_open_tasks
 from sslall.store._pools import PoolStore
 from sslall.store._records import Sample
 from sslall.workspace import Workspace
@@ -53,6 +56,7 @@ class PushReport:
     pushed: int = 0
     recovered: int = 0
     already: int = 0
+    refreshed: int = 0
     error: str | None = None
 
     def as_dict(self) -> dict:
@@ -87,7 +91,7 @@ def push(store: PoolStore, config: Config, *, base: Path | None = None,
     if root is not None:
         _check_paths(root, list(wanted.values()))
     if not wanted:
-        return report
+        return _refreshed(client, store, base, pid, report)
     if records.push_pending(store) is not None:  # an earlier push stopped half-way: adopt what it made
         report.recovered = _recover(client, store, pid, wanted)
     todo = [(key, s) for key, s in wanted.items() if records.open_visit(store, s, pid) is None]
@@ -106,6 +110,14 @@ def push(store: PoolStore, config: Config, *, base: Path | None = None,
                           for ((_, visit), s), tid in zip(batch, task_ids, strict=True)])
         report.pushed += len(batch)
     records.set_push_pending(store, None)
+    return _refreshed(client, store, base, pid, report)
+
+
+def _refreshed(client: LabelStudioClient, store: PoolStore, base: Path | None, pid: int,
+               report: PushReport) -> PushReport:
+    """The report, after the open tasks got the newest round's guess (`_refresh`)."""
+    if base is not None:
+        report.refreshed = refresh_open_tasks(client, store, base, pid)
     return report
 
 
@@ -213,6 +225,7 @@ def _task(client: LabelStudioClient, pid: int, root: Path | None, s: Sample, vis
         data["visit"] = visit
     if ood is not None:
         data["ood_score"], data["ood"] = ood
+    data |= queue_fields(s.reason)
     task: dict[str, Any] = {"data": data}
     if s.prediction in classes:
         prediction: dict[str, Any] = {"model_version": f"round-{s.round}",

@@ -69,3 +69,18 @@ def set_push_pending(store: PoolStore, pid: int | None) -> None:
                          (PENDING_KEY, str(pid)))
 
 
+def open_tasks(store: PoolStore, pid: int) -> list[tuple[str, int, int]]:
+    """(sample id, task id, round that sent it) of the project's tasks still waiting."""
+    return store.conn.execute(
+        "SELECT sample_id, task_id, round FROM labelstudio_tasks WHERE project_id = ? AND "
+        "resolved_at IS NULL AND task_id IS NOT NULL ORDER BY sample_id", (pid,)).fetchall()
+
+
+def meta_value(store: PoolStore, key: str) -> str | None:
+    row = store.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def set_meta(store: PoolStore, key: str, value: str) -> None:
+    with store.transaction() as conn:
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))

@@ -116,6 +116,9 @@ def server_env(data_dir: Path, creds: Credentials, document_root: Path | None) -
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
         "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
         "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false",
+        # the server is on loopback for one machine: let it call `sslall serve` there (its ML
+        # backend URL and the webhook that comes with it), which it refuses by default
+        "ML_BLOCK_LOCAL_IP": "false", "SSRF_PROTECTION_ENABLED": "false",
     })
     if document_root is not None:
         env["LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED"] = "true"
