@@ -11,7 +11,12 @@ from rich.table import Table
 from rich.text import Text
 
 from sslall.cli._console import JsonFlag, WorkspaceOption, console, open_workspace, print_json
+from sslall.config import Config
 from sslall.errors import UsageError
+from sslall.workspace import Workspace
+
+RoundOption = Annotated[int | None, typer.Option("--round", help="Use this round's model "
+                        "(default: the promoted round, else the best by holdout macro-F1).")]
 
 
 def predict_cmd(
@@ -19,6 +24,7 @@ def predict_cmd(
                      "them, sorted) or CSV manifests (.csv, a path column as `sslall add` reads).")],
     checkpoint: Annotated[Path | None, typer.Option(help="A round folder or model.safetensors "
                           "(default: the promoted round, else the best by holdout macro-F1).")] = None,
+    round_no: RoundOption = None,
     csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
     workspace: WorkspaceOption = None, json_out: JsonFlag = False,
 ) -> None:
@@ -31,12 +37,9 @@ def predict_cmd(
       sslall predict cell1.png cell2.png --json
       sslall predict ./new-cells manifest.csv --csv
     """
-    from sslall.model._choice import chosen_checkpoint
+    checkpoint, _, config = _checkpoint_to_use(workspace, checkpoint, round_no)
     from sslall.model._inference import Predictor
 
-    ws, config = _evaluated_against(workspace, checkpoint, with_config=True)
-    if checkpoint is None:
-        checkpoint = chosen_checkpoint(ws)
     predictor = Predictor(checkpoint, ood_quantile=config.ood.quantile if config else None)
     preds = predictor.predict(_predict_inputs(paths, predictor.classes))
     rows = []
@@ -124,6 +127,7 @@ def evaluate_cmd(
     checkpoint: Annotated[Path | None, typer.Option(help="A round folder (default: the promoted round, "
                           "else the best by holdout macro-F1).")]
     = None,
+    round_no: RoundOption = None,
     workspace: WorkspaceOption = None, json_out: JsonFlag = False,
 ) -> None:
     """Score a checkpoint on a class-per-folder set: accuracy, macro-F1, per class, ECE, and how
@@ -133,12 +137,9 @@ def evaluate_cmd(
     Example:
       sslall evaluate ./test-cells --json
     """
-    from sslall.model._choice import chosen_checkpoint
+    checkpoint, ws, config = _checkpoint_to_use(workspace, checkpoint, round_no)
     from sslall.model._inference import Predictor, evaluate_folder
 
-    ws, config = _evaluated_against(workspace, checkpoint, with_config=True)
-    if checkpoint is None:
-        checkpoint = chosen_checkpoint(ws)
     predictor = Predictor(checkpoint, ood_quantile=config.ood.quantile if config else None)
     metrics = evaluate_folder(predictor, folder, ws)
     if json_out:
@@ -155,6 +156,23 @@ def evaluate_cmd(
                   f"ECE {metrics['ece']:.4f}")
     console.print(_ood_line(metrics["ood"], metrics["images"]))
     console.print(_overlap_line(metrics["in_workspace"], metrics["images"]))
+
+
+def _checkpoint_to_use(workspace: Path | None, checkpoint: Path | None, round_no: int | None
+                       ) -> tuple[Path, Workspace | None, Config | None]:
+    """(the checkpoint predict/evaluate load, the workspace and its config or None, None without
+    one), found and checked before torch is imported: a wrong option, workspace, round or
+    checkpoint path is answered at once, not after seconds of loading the model."""
+    from sslall.model._choice import chosen_checkpoint, round_checkpoint
+    from sslall.model._paths import check_checkpoint_files
+
+    if round_no is not None and checkpoint is not None:
+        raise UsageError("give --round or --checkpoint, not both")
+    ws, config = _evaluated_against(workspace, checkpoint, with_config=True)
+    if checkpoint is None:
+        checkpoint = chosen_checkpoint(ws) if round_no is None else round_checkpoint(ws, round_no)
+    check_checkpoint_files(checkpoint)
+    return checkpoint, ws, config
 
 
 def _evaluated_against(option: Path | None, checkpoint: Path | None, *, with_config: bool = False):
