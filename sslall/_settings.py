@@ -33,7 +33,8 @@ class Setting:
     """What a key allows: documentation, choices, an interval, a registry kind or a custom check.
 
     ``within`` is an interval such as ``"[0, 1)"`` or ``"(0, inf]"``; ``check(key, value)``
-    replaces the type, choice and range checks (for keys like a URL) and returns the value.
+    replaces the type, choice and range checks (for keys like a URL) and returns the value;
+    ``schema`` is then the JSON Schema of what ``check`` accepts (`sslall._schema`).
     """
 
     doc: str
@@ -41,6 +42,7 @@ class Setting:
     within: str | None = None
     registry: str | None = None
     check: Callable[[str, Any], Any] | None = None
+    schema: dict[str, Any] | None = None
 
     def bounds(self) -> tuple[float | None, float | None, bool, bool]:
         """(low, high, low inclusive, high inclusive) of ``within``; None = unbounded."""
@@ -64,15 +66,19 @@ class Setting:
 
 
 def setting(default: Any, doc: str, *, choices: Iterable[str] = (), within: str | None = None,
-            registry: str | None = None, check: Callable[[str, Any], Any] | None = None) -> Any:
+            registry: str | None = None, check: Callable[[str, Any], Any] | None = None,
+            schema: dict[str, Any] | None = None) -> Any:
     """A dataclass field for one config key: its default and everything its value must meet.
 
     Raises:
-        ValueError: ``within`` is not an interval like ``"[0, 1)"`` (a programming error).
+        ValueError: ``within`` is not an interval like ``"[0, 1)"``, or ``check`` comes without
+            the ``schema`` of what it accepts (programming errors).
     """
-    spec = Setting(doc, tuple(choices), within, registry, check)
+    spec = Setting(doc, tuple(choices), within, registry, check, schema)
     if within is not None:
         spec.bounds()
+    if check is not None and schema is None:
+        raise ValueError("a setting with check= needs schema=, the JSON Schema of what it accepts")
     return dataclasses.field(default=default, metadata={_META: spec})
 
 

@@ -16,6 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sslall._keychecks import (
+    FOLDS_SCHEMA,
+    PROJECT_SCHEMA,
+    PSEUDO_WEIGHT_SCHEMA,
+    URL_SCHEMA,
+    check_folds,
+    check_http_url,
+    check_project,
+    check_pseudo_weight,
+)
 from sslall._settings import REQUIRED, Setting, check_value, setting, setting_of
 from sslall.errors import ConfigError, NotFoundError
 
@@ -28,32 +38,6 @@ CONFIG_NAME = "sslall.toml"
 # Starts and ends with a non-space (a class name is a folder name; "L1 " and "L1" must not both
 # exist) and no newline: \Z, since $ would also match before a trailing newline.
 CLASS_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9 _.+-]{0,62}[A-Za-z0-9_.+-])?\Z")
-
-
-def _pseudo_weight(key: str, value: Any) -> Any:
-    if value == "confidence":
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
-        return float(value)
-    raise ConfigError(key, f"got {value!r}", "'confidence' or a number in (0, 1]")
-
-
-def _http_url(key: str, value: Any) -> Any:
-    if value != "" and not (isinstance(value, str) and re.match(r"^https?://[^/\s?#]+(/\S*)?$", value)):
-        raise ConfigError(key, f"{value!r} is not an http(s) URL", '"" or e.g. "http://127.0.0.1:8080"')
-    return value
-
-
-def _folds(key: str, value: Any) -> Any:
-    if isinstance(value, int) and not isinstance(value, bool) and (value == 0 or 2 <= value <= 32):
-        return value
-    raise ConfigError(key, f"got {value!r}", "0 (off) or a whole number of folds in [2, 32]")
-
-
-def _project(key: str, value: Any) -> Any:
-    if not (isinstance(value, str) and (value.isdigit() or len(value.strip()) >= 3)):
-        raise ConfigError(key, f"got {value!r}", "a numeric id, or a title of 3 or more characters")
-    return value
 
 
 @dataclass(frozen=True)
@@ -91,7 +75,7 @@ class TrainConfig:
         choices=("sampler", "loss", "none"))
     pseudo_weight: str | float = setting(
         "confidence", "'confidence' (weight = calibrated confidence) or a number in (0, 1]",
-        check=_pseudo_weight)
+        check=check_pseudo_weight, schema=PSEUDO_WEIGHT_SCHEMA)
     hard_weight: float = setting(
         2.0, "weight of low-confidence labeled samples in the next training", within="[0, inf]")
     patience: int = setting(5, "early stopping patience in epochs, on holdout macro-F1",
@@ -160,7 +144,7 @@ class RouteConfig:
     label_issue_folds: int = setting(
         5, "folds of the out-of-fold heads that search the human labels for suspected errors "
         "(confident learning; listed in the round folder, status and the report); 0 = no search",
-        check=_folds)
+        check=check_folds, schema=FOLDS_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -214,9 +198,11 @@ class LabelStudioConfig:
     """
 
     url: str = setting(
-        "", "Label Studio server, e.g. http://127.0.0.1:8080; empty = not configured", check=_http_url)
+        "", "Label Studio server, e.g. http://127.0.0.1:8080; empty = not configured",
+        check=check_http_url, schema=URL_SCHEMA)
     project: str = setting(
-        "sslall review", "project title (created by the first push) or numeric id", check=_project)
+        "sslall review", "project title (created by the first push) or numeric id", check=check_project,
+        schema=PROJECT_SCHEMA)
     images: str = setting(
         "local-files", "local-files (server reads document_root) or upload (files are sent)",
         choices=("local-files", "upload"))

@@ -321,6 +321,7 @@ def main() -> None:
 
 
 def _register_round_commands() -> None:
+    from sslall.cli import _config as cli_config
     from sslall.cli import _curation as cli_curation
     from sslall.cli import _data as cli_data
     from sslall.cli import _export as cli_export
@@ -338,6 +339,7 @@ def _register_round_commands() -> None:
     cli_holdout.register(app)
     cli_curation.register(app)
     cli_export.register(app)
+    cli_config.register(app)
 
 
 _register_round_commands()
