@@ -134,6 +134,8 @@ def add(
                 holdout_fraction=fraction if pool == "labeled" else 0.0, seed=seed,
                 workers=workers, progress=update,
             )
+    for line in report.warnings:
+        warn(line)
     if json_out:
         print_json(report.as_dict())
         return

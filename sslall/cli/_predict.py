@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from sslall.cli._console import JsonFlag, WorkspaceOption, console, open_workspace, print_json
+from sslall.cli._console import JsonFlag, WorkspaceOption, console, open_workspace, print_json, warn
 from sslall.config import Config
 from sslall.errors import UsageError
 from sslall.workspace import Workspace
@@ -114,11 +114,14 @@ def _predict_inputs(paths: list[Path], classes: list[str]) -> list[str]:
     from sslall.store._sources import list_images
 
     images: list[str] = []
+    warnings: list[str] = []
     for p in paths:
         if p.is_dir() or (p.suffix.lower() == ".csv" and p.is_file()):
-            images.extend(list_images(p, classes))
+            images.extend(list_images(p, classes, warnings))
         else:
             images.append(str(p))
+    for line in warnings:
+        warn(line)
     return images
 
 
