@@ -17,6 +17,7 @@ from rich.table import Table
 from sslall import __version__
 from sslall.cli._console import (
     JsonFlag,
+    OutOption,
     WorkspaceOption,
     cli_errors,
     console,
@@ -110,7 +111,7 @@ def add(
     seed: Annotated[int, typer.Option(help="Seed of the holdout split.")] = 0,
     workers: Annotated[int | None, typer.Option(help="Decoding processes.")] = None,
     workspace: WorkspaceOption = None,
-    json_out: JsonFlag = False,
+    json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Add images to a pool. Re-adding is a no-op; duplicates and label conflicts are reported;
     unreadable files go to quarantine with the reason.
@@ -194,7 +195,7 @@ def status_data(ws: Workspace, config: Config) -> dict:
 
 @app.command()
 @cli_errors
-def status(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> None:
+def status(workspace: WorkspaceOption = None, json_out: JsonFlag = False, out: OutOption = None) -> None:
     """Pool sizes overall and per class, rounds so far, the model in use. The class columns of
     unlabeled and review show "—": their cells have no label.
 
@@ -258,7 +259,7 @@ def check(
     workspace: WorkspaceOption = None,
     files: Annotated[bool, typer.Option("--files/--no-files", help="Also re-hash every file "
                      "(slow on big pools).")] = True,
-    json_out: JsonFlag = False,
+    json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Verify the pool store: one pool per sample, the event log replays to the current pools,
     every file still exists with the same hash. Exits 4 listing each violation.

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from sslall.cli._console import JsonFlag, WorkspaceOption, cli_errors, open_workspace, print_json
+from sslall.cli._console import JsonFlag, OutOption, WorkspaceOption, cli_errors, open_workspace, print_json
 
 config_app = typer.Typer(help="The workspace configuration (sslall.toml): the effective values "
                          "and the schema.", no_args_is_help=True)
@@ -15,7 +15,7 @@ config_app = typer.Typer(help="The workspace configuration (sslall.toml): the ef
 
 @config_app.command("show")
 @cli_errors
-def show(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> None:
+def show(workspace: WorkspaceOption = None, json_out: JsonFlag = False, out: OutOption = None) -> None:
     """Print the effective configuration: the workspace's sslall.toml with every key it leaves
     out at its default, as TOML (each key with its documentation) or, with --json, JSON.
 

@@ -10,7 +10,16 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from sslall.cli._console import JsonFlag, WorkspaceOption, console, open_workspace, print_json, warn
+from sslall.cli._console import (
+    JsonFlag,
+    OutOption,
+    WorkspaceOption,
+    console,
+    open_workspace,
+    print_json,
+    warn,
+    write_output,
+)
 from sslall.config import Config
 from sslall.errors import UsageError
 from sslall.workspace import Workspace
@@ -25,8 +34,9 @@ def predict_cmd(
     checkpoint: Annotated[Path | None, typer.Option(help="A round folder or model.safetensors "
                           "(default: the promoted round, else the best by holdout macro-F1).")] = None,
     round_no: RoundOption = None,
-    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
-    workspace: WorkspaceOption = None, json_out: JsonFlag = False,
+    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV (to stdout, or to the --out "
+                       "file).")] = False,
+    workspace: WorkspaceOption = None, json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Classify images with a checkpoint: class, confidence and per-class probabilities, and
     an out-of-distribution score: a cell farther from the training cells than the round's
@@ -36,7 +46,11 @@ def predict_cmd(
     Example:
       sslall predict cell1.png cell2.png --json
       sslall predict ./new-cells manifest.csv --csv
+      sslall predict ./new-cells --out predictions.csv
     """
+    if json_out and csv_out:
+        raise UsageError("give --json or --csv, not both")
+    csv_out = csv_out or (out is not None and not json_out)  # `--out x.csv`: see JsonFlag
     checkpoint, _, config = _checkpoint_to_use(workspace, checkpoint, round_no)
     from sslall.model._inference import Predictor
 
@@ -65,9 +79,10 @@ def predict_cmd(
 
 def _print_csv(rows: list[dict], classes: list[str]) -> None:
     import csv
-    import sys
+    import io
 
-    writer = csv.writer(sys.stdout)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
     writer.writerow(["path", "class", "confidence", *classes, "error", "verdict", "ood",
                      "ood_score"])
     for r in rows:
@@ -76,6 +91,7 @@ def _print_csv(rows: list[dict], classes: list[str]) -> None:
         writer.writerow([r["path"], r.get("class", ""), r.get("confidence", ""),
                          *[probs.get(c, "") for c in classes], r.get("error", ""),
                          r.get("verdict", ""), ood, _blank(r.get("ood_score"))])
+    write_output(text.getvalue())
 
 
 def _print_table(rows: list[dict], predictor) -> None:
@@ -131,7 +147,7 @@ def evaluate_cmd(
                           "else the best by holdout macro-F1).")]
     = None,
     round_no: RoundOption = None,
-    workspace: WorkspaceOption = None, json_out: JsonFlag = False,
+    workspace: WorkspaceOption = None, json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Score a checkpoint on a class-per-folder set: accuracy, macro-F1, per class, ECE, and how
     many of its images are already in the workspace's pools (they inflate the score).
