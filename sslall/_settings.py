@@ -1,8 +1,7 @@
 """One declaration per config key, and the validation of a value against it.
 
 `setting(default, doc, ...)` returns a dataclass field whose metadata (a `Setting`) holds the
-key's documentation and its allowed values or range, so a key is declared in one place. The
-`check_*` functions at the end validate the keys whose values no type, choice or range describes.
+key's documentation and its allowed values or range, so a key is declared in one place.
 
 Keys whose value names a registered function (`route.strategy`, `pseudo.policy`) declare
 ``registry=KIND``. The layer that owns those registries (`sslall.decide`, above this one) gives
@@ -34,7 +33,8 @@ class Setting:
     """What a key allows: documentation, choices, an interval, a registry kind or a custom check.
 
     ``within`` is an interval such as ``"[0, 1)"`` or ``"(0, inf]"``; ``check(key, value)``
-    replaces the type, choice and range checks (for keys like a URL) and returns the value.
+    replaces the type, choice and range checks (for keys like a URL) and returns the value;
+    ``schema`` is then the JSON Schema of what ``check`` accepts (`sslall._schema`).
     """
 
     doc: str
@@ -42,6 +42,7 @@ class Setting:
     within: str | None = None
     registry: str | None = None
     check: Callable[[str, Any], Any] | None = None
+    schema: dict[str, Any] | None = None
 
     def bounds(self) -> tuple[float | None, float | None, bool, bool]:
         """(low, high, low inclusive, high inclusive) of ``within``; None = unbounded."""
@@ -65,15 +66,19 @@ class Setting:
 
 
 def setting(default: Any, doc: str, *, choices: Iterable[str] = (), within: str | None = None,
-            registry: str | None = None, check: Callable[[str, Any], Any] | None = None) -> Any:
+            registry: str | None = None, check: Callable[[str, Any], Any] | None = None,
+            schema: dict[str, Any] | None = None) -> Any:
     """A dataclass field for one config key: its default and everything its value must meet.
 
     Raises:
-        ValueError: ``within`` is not an interval like ``"[0, 1)"`` (a programming error).
+        ValueError: ``within`` is not an interval like ``"[0, 1)"``, or ``check`` comes without
+            the ``schema`` of what it accepts (programming errors).
     """
-    spec = Setting(doc, tuple(choices), within, registry, check)
+    spec = Setting(doc, tuple(choices), within, registry, check, schema)
     if within is not None:
         spec.bounds()
+    if check is not None and schema is None:
+        raise ValueError("a setting with check= needs schema=, the JSON Schema of what it accepts")
     return dataclasses.field(default=default, metadata={_META: spec})
 
 
@@ -134,35 +139,3 @@ def check_value(key: str, value: Any, default: Any, spec: Setting) -> Any:
             raise ConfigError(key, f"{value!r} is out of range", spec.within)
     return value
 
-
-# --- checks of keys no type, choice or range describes (`setting(..., check=...)`) ---------
-
-
-def check_pseudo_weight(key: str, value: Any) -> Any:
-    """`train.pseudo_weight`: 'confidence' or a number in (0, 1]."""
-    if value == "confidence":
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
-        return float(value)
-    raise ConfigError(key, f"got {value!r}", "'confidence' or a number in (0, 1]")
-
-
-def check_http_url(key: str, value: Any) -> Any:
-    """An http(s) URL with a host, or "" (not configured)."""
-    if value != "" and not (isinstance(value, str) and re.match(r"^https?://[^/\s?#]+(/\S*)?$", value)):
-        raise ConfigError(key, f"{value!r} is not an http(s) URL", '"" or e.g. "http://127.0.0.1:8080"')
-    return value
-
-
-def check_folds(key: str, value: Any) -> Any:
-    """0 (off) or a number of folds in [2, 32]."""
-    if isinstance(value, int) and not isinstance(value, bool) and (value == 0 or 2 <= value <= 32):
-        return value
-    raise ConfigError(key, f"got {value!r}", "0 (off) or a whole number of folds in [2, 32]")
-
-
-def check_project(key: str, value: Any) -> Any:
-    """A Label Studio project: a numeric id or a title of 3 or more characters."""
-    if not (isinstance(value, str) and (value.isdigit() or len(value.strip()) >= 3)):
-        raise ConfigError(key, f"got {value!r}", "a numeric id, or a title of 3 or more characters")
-    return value

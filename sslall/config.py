@@ -16,17 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sslall._settings import (
-    REQUIRED,
-    Setting,
+from sslall._keychecks import (
+    FOLDS_SCHEMA,
+    PROJECT_SCHEMA,
+    PSEUDO_WEIGHT_SCHEMA,
+    URL_SCHEMA,
     check_folds,
     check_http_url,
     check_project,
     check_pseudo_weight,
-    check_value,
-    setting,
-    setting_of,
 )
+from sslall._settings import REQUIRED, Setting, check_value, setting, setting_of
 from sslall.errors import ConfigError, NotFoundError
 
 if sys.version_info >= (3, 11):
@@ -75,7 +75,7 @@ class TrainConfig:
         choices=("sampler", "loss", "none"))
     pseudo_weight: str | float = setting(
         "confidence", "'confidence' (weight = calibrated confidence) or a number in (0, 1]",
-        check=check_pseudo_weight)
+        check=check_pseudo_weight, schema=PSEUDO_WEIGHT_SCHEMA)
     hard_weight: float = setting(
         2.0, "weight of low-confidence labeled samples in the next training", within="[0, inf]")
     patience: int = setting(5, "early stopping patience in epochs, on holdout macro-F1",
@@ -144,7 +144,7 @@ class RouteConfig:
     label_issue_folds: int = setting(
         5, "folds of the out-of-fold heads that search the human labels for suspected errors "
         "(confident learning; listed in the round folder, status and the report); 0 = no search",
-        check=check_folds)
+        check=check_folds, schema=FOLDS_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -198,9 +198,11 @@ class LabelStudioConfig:
     """
 
     url: str = setting(
-        "", "Label Studio server, e.g. http://127.0.0.1:8080; empty = not configured", check=check_http_url)
+        "", "Label Studio server, e.g. http://127.0.0.1:8080; empty = not configured",
+        check=check_http_url, schema=URL_SCHEMA)
     project: str = setting(
-        "sslall review", "project title (created by the first push) or numeric id", check=check_project)
+        "sslall review", "project title (created by the first push) or numeric id", check=check_project,
+        schema=PROJECT_SCHEMA)
     images: str = setting(
         "local-files", "local-files (server reads document_root) or upload (files are sent)",
         choices=("local-files", "upload"))

@@ -14,8 +14,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sslall"
 # lowest first; a module may import its own layer's siblings and anything lower
 LAYERS = [
     ("sslall.errors",),
-    ("sslall._settings", "sslall._fsutil", "sslall._faults", "sslall._progress", "sslall._workers"),
+    ("sslall._settings", "sslall._fsutil", "sslall._faults", "sslall._progress", "sslall._workers",
+     "sslall._keychecks"),
     ("sslall.config",),
+    ("sslall._schema",),
     ("sslall.data",),
     ("sslall.store",),
     ("sslall.workspace",),

@@ -17,6 +17,7 @@ from rich.table import Table
 from sslall import __version__
 from sslall.cli._console import (
     JsonFlag,
+    OutOption,
     WorkspaceOption,
     cli_errors,
     console,
@@ -110,7 +111,7 @@ def add(
     seed: Annotated[int, typer.Option(help="Seed of the holdout split.")] = 0,
     workers: Annotated[int | None, typer.Option(help="Decoding processes.")] = None,
     workspace: WorkspaceOption = None,
-    json_out: JsonFlag = False,
+    json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Add images to a pool. Re-adding is a no-op; duplicates and label conflicts are reported;
     unreadable files go to quarantine with the reason.
@@ -134,6 +135,8 @@ def add(
                 holdout_fraction=fraction if pool == "labeled" else 0.0, seed=seed,
                 workers=workers, progress=update,
             )
+    for line in report.warnings:
+        warn(line)
     if json_out:
         print_json(report.as_dict())
         return
@@ -192,7 +195,7 @@ def status_data(ws: Workspace, config: Config) -> dict:
 
 @app.command()
 @cli_errors
-def status(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> None:
+def status(workspace: WorkspaceOption = None, json_out: JsonFlag = False, out: OutOption = None) -> None:
     """Pool sizes overall and per class, rounds so far, the model in use. The class columns of
     unlabeled and review show "—": their cells have no label.
 
@@ -256,7 +259,7 @@ def check(
     workspace: WorkspaceOption = None,
     files: Annotated[bool, typer.Option("--files/--no-files", help="Also re-hash every file "
                      "(slow on big pools).")] = True,
-    json_out: JsonFlag = False,
+    json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Verify the pool store: one pool per sample, the event log replays to the current pools,
     every file still exists with the same hash. Exits 4 listing each violation.
@@ -321,6 +324,7 @@ def main() -> None:
 
 
 def _register_round_commands() -> None:
+    from sslall.cli import _config as cli_config
     from sslall.cli import _curation as cli_curation
     from sslall.cli import _data as cli_data
     from sslall.cli import _export as cli_export
@@ -340,6 +344,7 @@ def _register_round_commands() -> None:
     cli_curation.register(app)
     cli_export.register(app)
     cli_serve.register(app)
+    cli_config.register(app)
 
 
 _register_round_commands()

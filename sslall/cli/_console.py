@@ -23,10 +23,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as Bars
 
-from sslall._fsutil import NotRegularFile, open_regular
+from sslall._fsutil import NotRegularFile, open_regular, write_atomic
 from sslall._progress import Progress
 from sslall.config import Config
-from sslall.errors import EXIT_FAILURE, SslallError
+from sslall.errors import EXIT_FAILURE, SslallError, UsageError
 from sslall.workspace import Workspace, find_workspace
 
 # Markup is off: every string printed is shown as given, so a label, class, file name or path
@@ -38,12 +38,42 @@ log = logging.getLogger("sslall")
 log.addHandler(logging.NullHandler())  # the CLI prints errors itself; no lastResort echo
 
 
-def _json_mode(value: bool) -> bool:
+# The `--out FILE` of the invocation being run (None: output goes to stdout); reset by set_flags.
+_OUT: ContextVar[Path | None] = ContextVar("sslall_cli_out", default=None)
+
+
+def _out_file(value: Path | None) -> Path | None:
+    """The `--out` option's callback: `print_json` and `write_output` write to this file instead
+    of stdout, which then stays empty (human lines go to stderr, as with --json)."""
+    _OUT.set(value)
+    if value is not None:
+        console.stderr = True
+    return value
+
+
+def _json_mode(ctx: typer.Context, value: bool) -> bool:
     """The `--json` flag's callback: JSON alone goes to stdout, so every human line and table
-    printed through `console` goes to stderr instead."""
+    printed through `console` goes to stderr instead. `--out FILE.json` without the flag means
+    JSON too (the format from the suffix); a command with `--csv` takes `--out FILE.csv` itself.
+    Given options are processed before absent ones, so `--out` has been seen when it was given.
+    """
+    out = _OUT.get()
+    if out is not None and not value:
+        suffix = out.suffix.lower()
+        if suffix == ".csv" and _has_csv(ctx):
+            return False
+        if suffix != ".json":
+            raise typer.BadParameter(f"cannot tell the format of {out.name}: give --json"
+                                     f"{' or --csv' if _has_csv(ctx) else ''}, or a .json name",
+                                     param_hint="--out")
+        value = True
     if value:
         console.stderr = True
     return value
+
+
+def _has_csv(ctx: typer.Context) -> bool:
+    return any(p.name == "csv_out" for p in ctx.command.params)
 
 
 WorkspaceOption = Annotated[
@@ -53,6 +83,9 @@ WorkspaceOption = Annotated[
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.",
                                         callback=_json_mode)]
+OutOption = Annotated[Path | None, typer.Option(
+    "--out", help="Write the output to this file instead of stdout (format: the flag, else the "
+    "name's suffix, .json).", callback=_out_file, show_default=False)]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -64,6 +97,7 @@ _FLAGS: ContextVar[dict[str, bool] | None] = ContextVar("sslall_cli_flags", defa
 
 def set_flags(**flags: bool) -> None:
     _FLAGS.set(dict(flags))
+    _OUT.set(None)
     console.stderr = False
 
 
@@ -125,8 +159,27 @@ def open_workspace(option: Path | None) -> tuple[Workspace, Config]:
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-    sys.stdout.flush()
+    """`obj` as indented JSON: on stdout, or into the `--out` file when one was given."""
+    write_output(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_output(text: str) -> None:
+    """A command's machine-readable output: on stdout, or into the `--out` file (replaced
+    whole, never half-written) with a line saying so.
+
+    Raises:
+        UsageError: the `--out` file cannot be written.
+    """
+    out = _OUT.get()
+    if out is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        write_atomic(out, text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    say(f"wrote {out}")
 
 
 def say(message: str) -> None:

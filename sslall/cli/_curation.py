@@ -15,6 +15,7 @@ from rich.table import Table
 
 from sslall.cli._console import (
     JsonFlag,
+    OutOption,
     WorkspaceOption,
     cli_errors,
     console,
@@ -52,7 +53,7 @@ def _who(by: str | None) -> str:
 @sample_app.command("show")
 @cli_errors
 def show_cmd(sample: SampleRef, workspace: WorkspaceOption = None,
-             json_out: JsonFlag = False) -> None:
+             json_out: JsonFlag = False, out: OutOption = None) -> None:
     """A sample's pool, label, path and every event of its history (a removed sample's too,
     by its id).
 
@@ -93,7 +94,7 @@ def set_label_cmd(
                       "log).", show_default=False)] = "",
     by: By = None,
     workspace: WorkspaceOption = None,
-    json_out: JsonFlag = False,
+    json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Set or correct a sample's human label: a labeled or holdout sample keeps its pool; an
     unlabeled, pseudo or review one becomes labeled. Resolves the label conflicts `add`
@@ -133,7 +134,7 @@ def remove_cmd(
                            "sample.")] = False,
     by: By = None,
     workspace: WorkspaceOption = None,
-    json_out: JsonFlag = False,
+    json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Remove samples from the workspace: their rows go, their history stays in the event log
     (the last event says removed, why and by whom). Adding the same file again brings it back.
@@ -167,7 +168,8 @@ def remove_cmd(
 
 @quarantine_app.command("list")
 @cli_errors
-def quarantine_list_cmd(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> None:
+def quarantine_list_cmd(workspace: WorkspaceOption = None, json_out: JsonFlag = False,
+                        out: OutOption = None) -> None:
     """Every quarantined sample: its path, why, since when, and the pool it came from.
 
     \b
@@ -203,7 +205,7 @@ def quarantine_release_cmd(
     reason: Annotated[str, typer.Option("--reason", help="Why (added to the event).")] = "",
     by: By = None,
     workspace: WorkspaceOption = None,
-    json_out: JsonFlag = False,
+    json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Put quarantined samples back into the pool they came from (pseudo goes to unlabeled),
     each only when its file has the sha256 it was imported with and decodes; the others stay,
@@ -240,7 +242,7 @@ def conflicts_cmd(
     include_resolved: Annotated[bool, typer.Option("--all", help="Also list the resolved "
                                 "ones, with how.")] = False,
     workspace: WorkspaceOption = None,
-    json_out: JsonFlag = False,
+    json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """The label conflicts `add` found (the same image given another label than the one kept):
     path, both labels, when. Resolve one with `sslall sample set-label`.

@@ -10,6 +10,7 @@ import typer
 
 from sslall.cli._console import (
     JsonFlag,
+    OutOption,
     WorkspaceOption,
     cli_errors,
     open_workspace,
@@ -33,7 +34,7 @@ def relocate_cmd(
     strict: Annotated[bool, typer.Option("--strict", help="Change nothing unless every file "
                       "is found with its bytes under NEW_PREFIX.")] = False,
     workspace: WorkspaceOption = None,
-    json_out: JsonFlag = False,
+    json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Point the workspace at images that moved: OLD_PREFIX/rest becomes NEW_PREFIX/rest for
     every sample whose file is there with the same sha256. Files missing or different there are
@@ -92,7 +93,7 @@ def export_data_cmd(
     force: Annotated[bool, typer.Option("--force", help="Export into a non-empty folder "
                      "(no image there is overwritten) or replace an existing CSV.")] = False,
     workspace: WorkspaceOption = None,
-    json_out: JsonFlag = False,
+    json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Export the human-labelled cells (and optionally confident pseudo labels and the holdout)
     as a class-per-folder tree or a CSV manifest (path, label, label_source, confidence, pool,

@@ -17,7 +17,7 @@ from sslall.cli._console import (
     say,
     warn,
 )
-from sslall.errors import NotFoundError, UsageError
+from sslall.errors import UsageError
 
 FORMATS = ("onnx", "torchscript")  # `sslall.model._export.EXPORT_FORMATS`; that module imports torch
 
@@ -51,15 +51,10 @@ def export_cmd(
     if out.exists() and not out.is_dir() and not force:
         raise UsageError(f"{out} exists; pass --force to replace it")
     if checkpoint is None:
-        from sslall.model._choice import chosen_checkpoint, has_checkpoint
+        from sslall.model._choice import chosen_checkpoint, round_checkpoint
 
         ws, _ = open_workspace(workspace)
-        if round_no is None:
-            checkpoint = chosen_checkpoint(ws)
-        elif not has_checkpoint(ws, round_no):
-            raise NotFoundError(f"round {round_no} has no checkpoint in {ws.round_dir(round_no)}")
-        else:
-            checkpoint = ws.round_dir(round_no)
+        checkpoint = chosen_checkpoint(ws) if round_no is None else round_checkpoint(ws, round_no)
     from sslall.model._export import export_checkpoint
 
     result = export_checkpoint(checkpoint, fmt, out, force=force)

@@ -10,7 +10,16 @@ from typing import Annotated
 
 import typer
 
-from sslall.cli._console import JsonFlag, WorkspaceOption, cli_errors, open_workspace, print_json, say, warn
+from sslall.cli._console import (
+    JsonFlag,
+    OutOption,
+    WorkspaceOption,
+    cli_errors,
+    open_workspace,
+    print_json,
+    say,
+    warn,
+)
 from sslall.store._pools import PoolStore
 from sslall.workspace import round_lock
 
@@ -25,7 +34,7 @@ def carve_cmd(
                         "patients where the manifest named them) moved to the holdout.")],
     seed: Annotated[int | None, typer.Option(help="Seed of the draw (default train.seed).")] =
         None,
-    workspace: WorkspaceOption = None, json_out: JsonFlag = False,
+    workspace: WorkspaceOption = None, json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Move a stratified share of the labeled pool to the holdout, for a lab that imported its
     labels without --holdout-fraction. Each move is an event ("carved as holdout"); a carve

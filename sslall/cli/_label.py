@@ -15,6 +15,7 @@ from rich.table import Table
 
 from sslall.cli._console import (
     JsonFlag,
+    OutOption,
     WorkspaceOption,
     cli_errors,
     console,
@@ -59,7 +60,7 @@ def push_cmd(
                         "(where the model looked) to each new task, shown under the cell.")] = False,
     checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint for --with-cam (default: "
                           "the promoted round, else the best by holdout macro-F1).")] = None,
-    workspace: WorkspaceOption = None, json_out: JsonFlag = False,
+    workspace: WorkspaceOption = None, json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Send every review cell not yet sent as a task with the model's guess pre-selected;
     creates the project on first use. Pushing twice never makes a second task for a cell.
@@ -112,7 +113,7 @@ def _cam_overlay(workspace: Path | None, checkpoint: Path | None) -> Callable[[S
 
 @label_app.command("pull")
 @cli_errors
-def pull_cmd(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> None:
+def pull_cmd(workspace: WorkspaceOption = None, json_out: JsonFlag = False, out: OutOption = None) -> None:
     """Take finished annotations back: review -> labeled (label_source labelstudio), a skipped
     task -> unlabeled. Labels that are not classes are rejected and listed. Pulling twice
     changes nothing the second time.
@@ -137,7 +138,7 @@ def pull_cmd(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> N
 
 @label_app.command("status")
 @cli_errors
-def status_cmd(workspace: WorkspaceOption = None, json_out: JsonFlag = False) -> None:
+def status_cmd(workspace: WorkspaceOption = None, json_out: JsonFlag = False, out: OutOption = None) -> None:
     """Per class of the model's guess: queued (not sent yet), pushed, annotated (waiting for a
     pull) and pending (waiting for an annotator).
 
@@ -172,7 +173,7 @@ def up_cmd(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8080,
     document_root: Annotated[Path | None, typer.Option(
         help="Serve local files under this folder (labelstudio.images = \"local-files\").")] = None,
-    json_out: JsonFlag = False,
+    json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Start a Label Studio server on 127.0.0.1 and print its URL, the user and password it
     set, and the file holding its API key. The first start migrates a database (~30-60 s).

@@ -8,7 +8,15 @@ from typing import Annotated
 
 import typer
 
-from sslall.cli._console import JsonFlag, WorkspaceOption, cli_errors, open_workspace, print_json, say
+from sslall.cli._console import (
+    JsonFlag,
+    OutOption,
+    WorkspaceOption,
+    cli_errors,
+    open_workspace,
+    print_json,
+    say,
+)
 from sslall.errors import UsageError
 from sslall.store._pools import PoolStore
 from sslall.workspace import Workspace, round_lock
@@ -47,7 +55,7 @@ def promote_cmd(
                         "model predict, evaluate, explain and label push use.")] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Drop the promotion: use the best round "
                      "by holdout macro-F1 again (else the latest).")] = False,
-    workspace: WorkspaceOption = None, json_out: JsonFlag = False,
+    workspace: WorkspaceOption = None, json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Choose the round whose model predict, evaluate, explain and label push use; without
     ROUND or --clear, show the round in use and why. The store keeps who promoted which round
@@ -89,7 +97,7 @@ def prune_cmd(
                          "(besides the promoted and the best one); default runs.keep_last.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would be removed.")] =
         False,
-    workspace: WorkspaceOption = None, json_out: JsonFlag = False,
+    workspace: WorkspaceOption = None, json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Remove old round folders (runs/round-NNNN): keep the last N rounds, the promoted round,
     the best by holdout macro-F1 and the one in use. Rounds also prune themselves after they

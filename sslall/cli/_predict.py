@@ -10,8 +10,22 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from sslall.cli._console import JsonFlag, WorkspaceOption, console, open_workspace, print_json
+from sslall.cli._console import (
+    JsonFlag,
+    OutOption,
+    WorkspaceOption,
+    console,
+    open_workspace,
+    print_json,
+    warn,
+    write_output,
+)
+from sslall.config import Config
 from sslall.errors import UsageError
+from sslall.workspace import Workspace
+
+RoundOption = Annotated[int | None, typer.Option("--round", help="Use this round's model "
+                        "(default: the promoted round, else the best by holdout macro-F1).")]
 
 
 def predict_cmd(
@@ -19,8 +33,10 @@ def predict_cmd(
                      "them, sorted) or CSV manifests (.csv, a path column as `sslall add` reads).")],
     checkpoint: Annotated[Path | None, typer.Option(help="A round folder or model.safetensors "
                           "(default: the promoted round, else the best by holdout macro-F1).")] = None,
-    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
-    workspace: WorkspaceOption = None, json_out: JsonFlag = False,
+    round_no: RoundOption = None,
+    csv_out: Annotated[bool, typer.Option("--csv", help="Print CSV (to stdout, or to the --out "
+                       "file).")] = False,
+    workspace: WorkspaceOption = None, json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Classify images with a checkpoint: class, confidence and per-class probabilities, and
     an out-of-distribution score: a cell farther from the training cells than the round's
@@ -30,13 +46,14 @@ def predict_cmd(
     Example:
       sslall predict cell1.png cell2.png --json
       sslall predict ./new-cells manifest.csv --csv
+      sslall predict ./new-cells --out predictions.csv
     """
-    from sslall.model._choice import chosen_checkpoint
+    if json_out and csv_out:
+        raise UsageError("give --json or --csv, not both")
+    csv_out = csv_out or (out is not None and not json_out)  # `--out x.csv`: see JsonFlag
+    checkpoint, _, config = _checkpoint_to_use(workspace, checkpoint, round_no)
     from sslall.model._inference import Predictor
 
-    ws, config = _evaluated_against(workspace, checkpoint, with_config=True)
-    if checkpoint is None:
-        checkpoint = chosen_checkpoint(ws)
     predictor = Predictor(checkpoint, ood_quantile=config.ood.quantile if config else None)
     preds = predictor.predict(_predict_inputs(paths, predictor.classes))
     rows = []
@@ -62,9 +79,10 @@ def predict_cmd(
 
 def _print_csv(rows: list[dict], classes: list[str]) -> None:
     import csv
-    import sys
+    import io
 
-    writer = csv.writer(sys.stdout)
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
     writer.writerow(["path", "class", "confidence", *classes, "error", "verdict", "ood",
                      "ood_score"])
     for r in rows:
@@ -73,6 +91,7 @@ def _print_csv(rows: list[dict], classes: list[str]) -> None:
         writer.writerow([r["path"], r.get("class", ""), r.get("confidence", ""),
                          *[probs.get(c, "") for c in classes], r.get("error", ""),
                          r.get("verdict", ""), ood, _blank(r.get("ood_score"))])
+    write_output(text.getvalue())
 
 
 def _print_table(rows: list[dict], predictor) -> None:
@@ -111,11 +130,14 @@ def _predict_inputs(paths: list[Path], classes: list[str]) -> list[str]:
     from sslall.store._sources import list_images
 
     images: list[str] = []
+    warnings: list[str] = []
     for p in paths:
         if p.is_dir() or (p.suffix.lower() == ".csv" and p.is_file()):
-            images.extend(list_images(p, classes))
+            images.extend(list_images(p, classes, warnings))
         else:
             images.append(str(p))
+    for line in warnings:
+        warn(line)
     return images
 
 
@@ -124,7 +146,8 @@ def evaluate_cmd(
     checkpoint: Annotated[Path | None, typer.Option(help="A round folder (default: the promoted round, "
                           "else the best by holdout macro-F1).")]
     = None,
-    workspace: WorkspaceOption = None, json_out: JsonFlag = False,
+    round_no: RoundOption = None,
+    workspace: WorkspaceOption = None, json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Score a checkpoint on a class-per-folder set: accuracy, macro-F1, per class, ECE, and how
     many of its images are already in the workspace's pools (they inflate the score).
@@ -133,12 +156,9 @@ def evaluate_cmd(
     Example:
       sslall evaluate ./test-cells --json
     """
-    from sslall.model._choice import chosen_checkpoint
+    checkpoint, ws, config = _checkpoint_to_use(workspace, checkpoint, round_no)
     from sslall.model._inference import Predictor, evaluate_folder
 
-    ws, config = _evaluated_against(workspace, checkpoint, with_config=True)
-    if checkpoint is None:
-        checkpoint = chosen_checkpoint(ws)
     predictor = Predictor(checkpoint, ood_quantile=config.ood.quantile if config else None)
     metrics = evaluate_folder(predictor, folder, ws)
     if json_out:
@@ -155,6 +175,23 @@ def evaluate_cmd(
                   f"ECE {metrics['ece']:.4f}")
     console.print(_ood_line(metrics["ood"], metrics["images"]))
     console.print(_overlap_line(metrics["in_workspace"], metrics["images"]))
+
+
+def _checkpoint_to_use(workspace: Path | None, checkpoint: Path | None, round_no: int | None
+                       ) -> tuple[Path, Workspace | None, Config | None]:
+    """(the checkpoint predict/evaluate load, the workspace and its config or None, None without
+    one), found and checked before torch is imported: a wrong option, workspace, round or
+    checkpoint path is answered at once, not after seconds of loading the model."""
+    from sslall.model._choice import chosen_checkpoint, round_checkpoint
+    from sslall.model._paths import check_checkpoint_files
+
+    if round_no is not None and checkpoint is not None:
+        raise UsageError("give --round or --checkpoint, not both")
+    ws, config = _evaluated_against(workspace, checkpoint, with_config=True)
+    if checkpoint is None:
+        checkpoint = chosen_checkpoint(ws) if round_no is None else round_checkpoint(ws, round_no)
+    check_checkpoint_files(checkpoint)
+    return checkpoint, ws, config
 
 
 def _evaluated_against(option: Path | None, checkpoint: Path | None, *, with_config: bool = False):

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from sslall.cli._console import (
     JsonFlag,
+    OutOption,
     WorkspaceOption,
     cli_errors,
     console,
@@ -21,6 +22,7 @@ from sslall.cli._console import (
     say,
     step_progress,
     warn,
+    write_output,
 )
 from sslall.config import Config, with_overrides
 from sslall.errors import ConfigError, UsageError
@@ -103,7 +105,7 @@ def _fmt(x: float | None) -> str:
 def round_cmd(
     threshold: Threshold = None, policy: Policy = None, strategy: Strategy = None,
     budget: Budget = None, route: Route = None, mode: Mode = None, device: Device = None,
-    nproc: NProc = 1, workspace: WorkspaceOption = None, json_out: JsonFlag = False,
+    nproc: NProc = 1, workspace: WorkspaceOption = None, json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Run one self-training round: verify files, train, calibrate, score, pseudo-label,
     route to review, record. Exits 75 at once if another round holds the workspace.
@@ -137,7 +139,7 @@ def run_cmd(
     rounds: Annotated[int, typer.Option(help="Maximum number of rounds.")] = 3,
     threshold: Threshold = None, policy: Policy = None, strategy: Strategy = None,
     budget: Budget = None, route: Route = None, mode: Mode = None, device: Device = None,
-    workspace: WorkspaceOption = None, json_out: JsonFlag = False,
+    workspace: WorkspaceOption = None, json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Repeat rounds until --rounds or until a round makes no pseudo-label or label change.
 
@@ -247,47 +249,69 @@ review_app = typer.Typer(help="Label the review queue by hand (CSV), without Lab
 @review_app.command("export")
 @cli_errors
 def review_export(
-    csv_path: Annotated[Path, typer.Option("--csv", help="Where to write the queue.")],
+    out: OutOption = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Deprecated: --out FILE.",
+                                                   hidden=True)] = None,
     workspace: WorkspaceOption = None,
 ) -> None:
-    """Write the review queue to a CSV; fill its `label` column (a class, or `skip`).
+    """Print the review queue as CSV, or write it to --out FILE; fill its `label` column (a
+    class, or `skip`) and apply it with `sslall review import FILE`.
 
     \b
     Example:
-      sslall review export --csv queue.csv
+      sslall review export --out queue.csv
     """
-    from sslall.store._review_csv import export_review
+    from sslall.store._review_csv import export_review, review_csv
 
+    target = out or _deprecated_csv(csv_path, "--out")
     ws, _ = open_workspace(workspace)
     with PoolStore(ws.db_path, read_only=True) as store:
-        n = export_review(store, csv_path)
-    say(f"wrote {n} review rows to {csv_path}")
+        if target is None:
+            text, _n = review_csv(store)
+            write_output(text)
+            return
+        n = export_review(store, target)
+    say(f"wrote {n} review rows to {target}")
 
 
 @review_app.command("import")
 @cli_errors
 def review_import(
-    csv_path: Annotated[Path, typer.Option("--csv", help="The filled-in review CSV.")],
-    workspace: WorkspaceOption = None, json_out: JsonFlag = False,
+    csv_file: Annotated[Path | None, typer.Argument(metavar="FILE", help="The filled-in "
+                        "review CSV.", show_default=False)] = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Deprecated: give FILE.",
+                                                   hidden=True)] = None,
+    workspace: WorkspaceOption = None, json_out: JsonFlag = False, out: OutOption = None,
 ) -> None:
     """Apply labels from a filled-in review CSV: review -> labeled (or unlabeled for `skip`).
 
     \b
     Example:
-      sslall review import --csv queue.csv
+      sslall review import queue.csv
     """
     from sslall.store._review_csv import import_review
     from sslall.workspace import round_lock
 
+    if (csv_file is None) == (csv_path is None):
+        raise UsageError("give the filled-in review CSV: sslall review import FILE")
+    source = csv_file or _deprecated_csv(csv_path, "FILE")
     ws, config = open_workspace(workspace)
     with round_lock(ws, "sslall review import"), PoolStore(ws.db_path) as store:
-        report = import_review(store, csv_path, config.classes)
+        report = import_review(store, source, config.classes)
     if json_out:
         print_json(vars(report))
         return
     say(f"labeled {report.labeled}, skipped {report.skipped}, still pending {report.pending}")
     for line in report.rejected:
         say(f"  rejected {line}")
+
+
+def _deprecated_csv(path: Path | None, instead: str) -> Path | None:
+    """The review commands' old `--csv FILE` (`--csv` now only ever means "print CSV"): still
+    honoured, with a warning naming what replaces it."""
+    if path is not None:
+        warn(f"--csv FILE is deprecated here; give {instead} instead")
+    return path
 
 
 def register(app: typer.Typer) -> None:

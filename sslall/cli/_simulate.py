@@ -10,7 +10,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sslall.cli._console import console, is_quiet, print_json, say, step_progress
+from sslall._fsutil import write_atomic
+from sslall.cli._console import (
+    JsonFlag,
+    OutOption,
+    console,
+    is_quiet,
+    print_json,
+    say,
+    step_progress,
+    warn,
+)
 from sslall.config import Config
 from sslall.errors import ConfigError, UsageError
 
@@ -44,8 +54,9 @@ def simulate_cmd(
                      "simulations (frozen features are then computed once).")] = None,
     config_file: Annotated[Path | None, typer.Option("--config", help="An sslall.toml (any "
                            "sections; classes come from DATA_DIR) as the base; flags override it.")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON "
-                        "here ('-' for stdout).")] = None,
+    json_out: JsonFlag = False, out: OutOption = None,
+    legacy_json: Annotated[list[str] | None, typer.Argument(hidden=True, metavar="OLD_JSON_FILE",
+                                                            show_default=False)] = None,
 ) -> None:
     """Run the real round engine with DATA_DIR's labels playing the annotator and report, round
     by round, labels, pseudo labels, their precision and test metrics.
@@ -53,7 +64,9 @@ def simulate_cmd(
     \b
     Example:
       sslall simulate train/ --test-dir test/ --label-fraction 0.05 --rounds 5 --baselines
+      sslall simulate train/ --test-dir test/ --label-fraction 0.05 --out report.json
     """
+    legacy = _legacy_json_file(legacy_json, json_out)
     from sslall.config import load_config, with_overrides
     from sslall.experiments._simulate import SimulationSpec, link_cache, run_simulation
 
@@ -96,14 +109,31 @@ def simulate_cmd(
 
     with step_progress() as update:
         report = run_simulation(spec, progress=update, on_round=on_round)
-    if json_out is not None and str(json_out) == "-":
-        print_json(report)
-    else:
-        if json_out is not None:
-            json_out.write_text(json.dumps(report, indent=2))
-            say(f"report written to {json_out}")
+    if legacy is not None:
+        write_atomic(legacy, json.dumps(report, indent=2))
+        say(f"report written to {legacy}")
+    elif json_out:
+        print_json(report)  # stdout, or the --out file
+    if not json_out or out is not None or legacy is not None:
         if not is_quiet():
             console.print(table)
             for name, m in report.get("baselines", {}).items():
                 console.print(f"{name}: {m['labels']} labels, test macro-F1 {m['macro_f1']:.3f}, "
                               f"accuracy {m['accuracy']:.3f}")
+
+
+def _legacy_json_file(extra: list[str] | None, json_out: bool) -> Path | None:
+    """The FILE of the old `--json FILE` form (`--json` is now a flag, so FILE arrives as an
+    extra argument): still written, with a deprecation warning; `--json -` is plain `--json`.
+
+    Raises:
+        UsageError: extra arguments without `--json` (they were never allowed).
+    """
+    if not extra:
+        return None
+    if not json_out or len(extra) != 1:
+        raise UsageError(f"unexpected argument(s): {' '.join(extra)}")
+    if extra[0] == "-":
+        return None
+    warn(f"--json {extra[0]} is deprecated: --json prints to stdout; use --out {extra[0]}")
+    return Path(extra[0])

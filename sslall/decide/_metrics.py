@@ -1,4 +1,5 @@
-"""Classification metrics and calibration (numpy + scikit-learn; no torch).
+"""Classification metrics and calibration (numpy + scikit-learn; no torch). scikit-learn and
+scipy are imported by the functions that use them, so `softmax` alone loads neither.
 
 Every function returns plain Python floats, ints and lists so a result can go straight into
 `json.dumps` (round reports, checkpoint sidecars). Classes that are absent from `y_true` never
@@ -19,9 +20,6 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 __all__ = [
     "ECE_BINS",
@@ -64,6 +62,9 @@ def classification_metrics(
     for name, y in (("y_true", y_true), ("y_pred", y_pred)):
         if y.min() < 0 or y.max() >= n_classes:
             raise ValueError(f"{name} holds indices outside 0..{n_classes - 1} ({n_classes} classes)")
+    # imported here: `sslall predict` needs only `softmax`, and scikit-learn takes ~1 s to import
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     all_labels = list(range(n_classes))
     cm = confusion_matrix(y_true, y_pred, labels=all_labels)
     precision, recall, f1, support = precision_recall_fscore_support(
@@ -180,6 +181,9 @@ def fit_temperature(logits: np.ndarray, y_true: Sequence[int] | np.ndarray) -> f
         return 1.0
     if y_true.min() < 0 or y_true.max() >= logits.shape[1]:
         raise ValueError(f"y_true holds indices outside 0..{logits.shape[1] - 1}")
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
     rows = np.arange(n)
 
     def nll(log_t: float) -> float:

@@ -34,6 +34,7 @@ from safetensors.torch import load_file, save
 
 from sslall._fsutil import sha256_file, write_atomic
 from sslall.errors import ModelError, NotFoundError, first_line
+from sslall.model._paths import META_NAME, WEIGHTS_NAME, check_checkpoint_files, checkpoint_pair
 
 __all__ = [
     "FORMAT_VERSION",
@@ -47,8 +48,6 @@ __all__ = [
     "write_safetensors",
 ]
 
-WEIGHTS_NAME = "model.safetensors"
-META_NAME = "model.json"
 FORMAT_VERSION = 1
 REQUIRED_META_KEYS = ("classes", "backbone", "image_size", "mean", "std", "temperature", "round")
 ENV_CACHE = "SSLALL_CACHE_DIR"
@@ -143,10 +142,15 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         ModelError: a pickle, a damaged file, meta without a required key or with an
             impossible value, or weights that are not the ones the meta was written with.
     """
-    weights_path, meta_path = _checkpoint_paths(Path(path))
-    for needed in (weights_path, meta_path):
-        if not needed.is_file():
-            raise NotFoundError(f"checkpoint file not found: {needed}")
+    path = Path(path)
+    check_checkpoint_files(path)
+    pair = checkpoint_pair(path)
+    if pair is None:
+        if path.is_file():
+            read_safetensors(path)  # a pickle (model.pt, .pkl...) is refused here, saying why
+        raise ModelError(f"{path} is not a checkpoint; give its folder, {WEIGHTS_NAME} or "
+                         f"{META_NAME}")
+    weights_path, meta_path = pair
     meta = _read_meta(meta_path)
     state = read_safetensors(weights_path)
     expected = meta.get("weights_sha256")
@@ -159,22 +163,6 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     if problem:
         raise ModelError(f"{meta_path}: {problem}; it was not written by sslall or was edited")
     return state, meta
-
-
-def _checkpoint_paths(path: Path) -> tuple[Path, Path]:
-    """(weights, meta) for a checkpoint folder, or for either file of the pair."""
-    if path.is_dir():
-        return path / WEIGHTS_NAME, path / META_NAME
-    standard = path.name in (WEIGHTS_NAME, META_NAME)
-    if path.suffix in (".json", ".safetensors"):
-        if standard:
-            return path.with_name(WEIGHTS_NAME), path.with_name(META_NAME)
-        return path.with_suffix(".safetensors"), path.with_suffix(".json")
-    if not path.exists():
-        raise NotFoundError(f"checkpoint not found: {path}")
-    if path.is_file():
-        read_safetensors(path)  # a pickle (model.pt, .pkl...) is refused here, saying why
-    raise ModelError(f"{path} is not a checkpoint; give its folder, {WEIGHTS_NAME} or {META_NAME}")
 
 
 def _read_meta(meta_path: Path) -> dict[str, Any]:

@@ -9,18 +9,30 @@ from __future__ import annotations
 from pathlib import Path
 
 from sslall.errors import NotFoundError
+from sslall.model._paths import META_NAME
 from sslall.store._pools import PoolStore
 from sslall.store._promotion import ModelChoice, Promotion, choose_round, promoted, record_promotion
 from sslall.workspace import Workspace
 
-__all__ = ["chosen_checkpoint", "has_checkpoint", "model_choice", "promote_round"]
-
-META_NAME = "model.json"  # `sslall.model._checkpoints.META_NAME`; that module imports torch
+__all__ = [
+    "chosen_checkpoint", "has_checkpoint", "model_choice", "promote_round", "round_checkpoint",
+]
 
 
 def has_checkpoint(ws: Workspace, round_no: int) -> bool:
     """Whether `runs/round-NNNN/` still holds a checkpoint (not pruned, not removed by hand)."""
     return (ws.round_dir(round_no) / META_NAME).is_file()
+
+
+def round_checkpoint(ws: Workspace, round_no: int) -> Path:
+    """The folder of round `round_no`'s checkpoint (`--round N` of the model commands).
+
+    Raises:
+        NotFoundError: the round has no checkpoint folder (never run, pruned or removed).
+    """
+    if not has_checkpoint(ws, round_no):
+        raise NotFoundError(f"round {round_no} has no checkpoint in {ws.round_dir(round_no)}")
+    return ws.round_dir(round_no)
 
 
 def model_choice(ws: Workspace, store: PoolStore) -> ModelChoice | None:

@@ -1,5 +1,7 @@
 """Reading a CSV a person made (an import manifest, a filled-in review file): the one place its
-text is decoded and its shape checked, so every mistake in it is one `InputError` line.
+text is decoded and its shape checked, so every mistake in it is one `InputError` line. The
+delimiter is the header line's: `,`, or the `;` a spreadsheet in a decimal-comma locale saves,
+or a tab.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ __all__ = ["read_table"]
 def read_table(handle: TextIO, what: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """The header and the rows of a CSV opened as UTF-8 text, each row with its line number
     (the header is line 1; blank lines are skipped). A row shorter than the header lacks the
-    missing columns' keys.
+    missing columns' keys. The delimiter (`,`, `;` or tab) is sniffed from the header line.
 
     Raises:
         InputError: the text is not UTF-8, holds a NUL byte or is not valid CSV; the header
@@ -33,7 +35,8 @@ def read_table(handle: TextIO, what: str) -> tuple[list[str], list[tuple[int, di
         line = text.count("\n", 0, text.index("\0")) + 1
         raise InputError(f"{what} holds a NUL byte on line {line}; it is not a text CSV")
     try:
-        records = [r for r in csv.reader(io.StringIO(text, newline="")) if r]
+        records = [r for r in csv.reader(io.StringIO(text, newline=""), delimiter=_delimiter(text))
+                   if r]
     except csv.Error as exc:
         raise InputError(f"{what} is not valid CSV: {exc}") from None
     if not records:
@@ -49,3 +52,13 @@ def read_table(handle: TextIO, what: str) -> tuple[list[str], list[tuple[int, di
                              f"{len(columns)} column(s) ({', '.join(columns)})")
         rows.append((line, dict(zip(columns, fields, strict=False))))
     return columns, rows
+
+
+def _delimiter(text: str) -> str:
+    """The delimiter of the first non-blank line (csv.Sniffer, restricted to `,` `;` and tab;
+    only the delimiter is taken, quoting stays the standard one); `,` for a one-column header."""
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    try:
+        return csv.Sniffer().sniff(header, delimiters=",;\t").delimiter
+    except csv.Error:
+        return ","

@@ -8,6 +8,7 @@ batches: a killed import leaves complete batches, and re-running it picks up whe
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections import Counter
@@ -31,6 +32,7 @@ from sslall.store._pools import PoolStore
 from sslall.store._records import Move, NewSample
 from sslall.store._sources import IMPORT_POOLS, Entry, is_image_name, list_source, walk_folder
 
+log = logging.getLogger(__name__)
 WINDOW = 1024
 BATCH = 512
 
@@ -48,6 +50,7 @@ class ImportReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     released: list[tuple[str, str]] = field(default_factory=list)
     relocated: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. a manifest's ignored columns
 
     def as_dict(self) -> dict:
         return {
@@ -59,6 +62,7 @@ class ImportReport:
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "released": [{"path": p, "pool": q} for p, q in self.released],
             "relocated": [{"path": p, "was": o} for p, o in self.relocated],
+            "warnings": list(self.warnings),
         }
 
 
@@ -137,12 +141,17 @@ def import_source(
         return import_entries(store, walk_folder(source, pool, classes), pool,
                               max_pixels=max_pixels, workers=workers, progress=progress, step=step,
                               total=total)
-    entries = list_source(source, pool, classes)
+    warnings: list[str] = []
+    entries = list_source(source, pool, classes, warnings)
     is_manifest = source.is_file() and not is_image_name(source)
     within = str(source.parent.resolve()) if is_manifest else None
-    return import_entries(store, entries, pool, max_pixels=max_pixels,
-                          holdout_fraction=holdout_fraction, seed=seed, workers=workers,
-                          progress=progress, step=step, within=within)
+    report = import_entries(store, entries, pool, max_pixels=max_pixels,
+                            holdout_fraction=holdout_fraction, seed=seed, workers=workers,
+                            progress=progress, step=step, within=within)
+    for line in warnings:
+        log.warning("%s", line)
+    report.warnings.extend(warnings)
+    return report
 
 
 def import_entries(

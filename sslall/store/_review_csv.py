@@ -9,6 +9,7 @@ and changes nothing. Every accepted row commits in one transaction.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,16 +27,24 @@ SKIP = "skip"
 
 def export_review(store: PoolStore, out: Path) -> int:
     """Write the review queue, least confident first; returns the number of rows."""
-    rows = sorted(store.samples("review"), key=lambda s: (s.confidence or 0.0, s.id))
+    text, n = review_csv(store)
     tmp = out.with_name(out.name + ".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(EXPORT_COLUMNS)
-        for s in rows:
-            conf = "" if s.confidence is None else f"{s.confidence:.4f}"
-            writer.writerow([s.id, s.path, s.prediction or "", conf, ""])
+        handle.write(text)
     os.replace(tmp, out)
-    return len(rows)
+    return n
+
+
+def review_csv(store: PoolStore) -> tuple[str, int]:
+    """(the review queue as CSV text, least confident first; its number of rows)."""
+    rows = sorted(store.samples("review"), key=lambda s: (s.confidence or 0.0, s.id))
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(EXPORT_COLUMNS)
+    for s in rows:
+        conf = "" if s.confidence is None else f"{s.confidence:.4f}"
+        writer.writerow([s.id, s.path, s.prediction or "", conf, ""])
+    return text.getvalue(), len(rows)
 
 
 def answer_move(sample: Sample, label: str | None, *, source: str, by: str) -> Move:

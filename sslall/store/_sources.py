@@ -3,11 +3,15 @@ for unlabeled), one image (unlabeled only) or a CSV manifest (`path`, optional `
 `patient`; paths relative to the manifest and never outside its folder; each file on one row
 only). `sslall add` imports them and `sslall predict` reads them, so a source means the same
 thing to both. Names only: nothing here opens an image.
+
+A manifest may carry other columns, such as the unnamed index column pandas' `to_csv` writes
+first (header "" or "Unnamed: 0"): they are ignored, and one warning line names them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +21,12 @@ from sslall.data._images import IMAGE_SUFFIXES
 from sslall.errors import InputError, NotFoundError, UsageError
 from sslall.store._csvtext import read_table
 
-__all__ = ["IMPORT_POOLS", "Entry", "is_image_name", "list_images", "list_source", "read_manifest",
-           "walk_folder", "walk_images"]
+__all__ = ["IMPORT_POOLS", "MANIFEST_COLUMNS", "Entry", "is_image_name", "list_images", "list_source",
+           "read_manifest", "walk_folder", "walk_images"]
 
 IMPORT_POOLS = ("labeled", "unlabeled", "holdout")
+MANIFEST_COLUMNS = ("path", "label", "patient")
+_PANDAS_INDEX = re.compile(r"Unnamed: \d+")
 
 
 @dataclass(frozen=True)
@@ -32,8 +38,16 @@ class Entry:
     patient: str | None
 
 
-def list_source(source: Path, pool: str, classes: Sequence[str]) -> list[Entry]:
-    """Validate a source and list its entries (names only, nothing is read yet)."""
+def list_source(source: Path, pool: str, classes: Sequence[str],
+                warnings: list[str] | None = None) -> list[Entry]:
+    """Validate a source and list its entries (names only, nothing is read yet); a manifest's
+    ignored columns are a line appended to `warnings` (when given).
+
+    Raises:
+        UsageError: `pool` is not one a source is imported into.
+        NotFoundError: `source` does not exist.
+        InputError: the source is not a valid one, or its labels do not suit `pool`.
+    """
     if pool not in IMPORT_POOLS:
         raise UsageError(f"cannot add to pool {pool!r} (allowed: {', '.join(IMPORT_POOLS)})")
     if not os.path.lexists(source):
@@ -41,7 +55,7 @@ def list_source(source: Path, pool: str, classes: Sequence[str]) -> list[Entry]:
     if source.is_file() and is_image_name(source):
         entries = [_single_image(source, pool)]
     elif source.is_file():
-        entries = list(read_manifest(source, classes))
+        entries = read_manifest(source, classes, warnings)
     elif source.is_dir():
         entries = list(walk_folder(source, pool, classes))
     else:
@@ -121,7 +135,14 @@ def walk_images(root: Path) -> Iterator[str]:
                 yield os.path.join(dirpath, name)
 
 
-def read_manifest(path: Path, classes: Sequence[str]) -> Iterator[Entry]:
+def read_manifest(path: Path, classes: Sequence[str], warnings: list[str] | None = None
+                  ) -> list[Entry]:
+    """The entries of a CSV manifest, in order; its ignored columns are a line appended to
+    `warnings` (when given).
+
+    Raises:
+        InputError: the file is unreadable or not a valid manifest (see the module docstring).
+    """
     root = path.parent.resolve()
     try:
         handle = open_regular(path, "r", newline="", encoding="utf-8-sig")
@@ -134,32 +155,42 @@ def read_manifest(path: Path, classes: Sequence[str]) -> Iterator[Entry]:
             f"manifest {path.name} has no 'path' column (columns: {', '.join(columns) or 'none'}; "
             "expected path and optionally label, patient)"
         )
-    extra = [c for c in columns if c not in ("path", "label", "patient")]
-    if extra:
-        raise InputError(
-            f"manifest {path.name} has unknown column(s) {extra} (allowed: path, label, patient)"
-        )
+    ignored = [c for c in columns if c not in MANIFEST_COLUMNS]
+    if ignored and warnings is not None:
+        warnings.append(_ignored_line(path.name, ignored))
+    return list(_manifest_entries(path.name, root, rows, classes))
+
+
+def _ignored_line(name: str, ignored: list[str]) -> str:
+    named = ", ".join(repr(c) + (" (an unnamed index column, as pandas' to_csv writes)"
+                                 if c == "" or _PANDAS_INDEX.fullmatch(c) else "") for c in ignored)
+    return (f"manifest {name}: ignored column(s) {named}; only "
+            f"{', '.join(MANIFEST_COLUMNS)} are read")
+
+
+def _manifest_entries(name: str, root: Path, rows: list[tuple[int, dict[str, str]]],
+                      classes: Sequence[str]) -> Iterator[Entry]:
     seen: dict[str, int] = {}
     for line, row in rows:
         raw = (row.get("path") or "").strip()
         if not raw:
-            raise InputError(f"manifest {path.name} line {line}: empty path")
+            raise InputError(f"manifest {name} line {line}: empty path")
         label = (row.get("label") or "").strip() or None
         if label is not None and label not in classes:
             raise InputError(
-                f"manifest {path.name} line {line}: label {label!r} is not a class "
+                f"manifest {name} line {line}: label {label!r} is not a class "
                 f"(allowed: {', '.join(classes)})"
             )
         full = Path(raw) if Path(raw).is_absolute() else root / raw
         if not full.resolve().is_relative_to(root):
             raise InputError(
-                f"manifest {path.name} line {line}: path {raw!r} is outside the "
+                f"manifest {name} line {line}: path {raw!r} is outside the "
                 f"manifest's folder {root}"
             )
         full_str = os.path.abspath(full)
         if full_str in seen:
             raise InputError(
-                f"manifest {path.name} line {line}: path {raw!r} is already on line "
+                f"manifest {name} line {line}: path {raw!r} is already on line "
                 f"{seen[full_str]}; list each file once"
             )
         seen[full_str] = line
@@ -167,11 +198,12 @@ def read_manifest(path: Path, classes: Sequence[str]) -> Iterator[Entry]:
 
 
 
-def list_images(source: Path, classes: Sequence[str]) -> list[str]:
+def list_images(source: Path, classes: Sequence[str], warnings: list[str] | None = None
+                ) -> list[str]:
     """Every image a folder or a CSV manifest names, in order: a folder's image files
     (recursively, sorted, joined to the folder as given), or a manifest's `path` column
     (relative to the manifest's folder and never outside it, each file once; a `label`, when
-    given, must be one of `classes`).
+    given, must be one of `classes`; its ignored columns are a line appended to `warnings`).
 
     Raises:
         NotFoundError: `source` does not exist.
@@ -183,7 +215,7 @@ def list_images(source: Path, classes: Sequence[str]) -> list[str]:
     if source.is_dir():
         paths = list(walk_images(source))
     else:
-        paths = [e.path for e in read_manifest(source, classes)]
+        paths = [e.path for e in read_manifest(source, classes, warnings)]
     if not paths:
         raise InputError(f"{source} names no image file")
     return paths

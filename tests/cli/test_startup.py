@@ -64,3 +64,33 @@ def test_the_launcher_helpers_import_no_torch() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+# A mistaken `predict` or `evaluate` is answered before torch loads (seconds on a busy machine):
+# the option, the workspace, the round and the checkpoint path are all checked first.
+@pytest.mark.parametrize(("args", "code", "says"), [
+    (["predict", "--round", "abc", "x.png"], 2, "Invalid value for '--round'"),
+    (["predict", "--round", "1", "--checkpoint", "c", "x.png"], 2, "not both"),
+    (["predict", "--round", "99", "x.png"], 3, "round 99 has no checkpoint"),
+    (["predict", "x.png"], 3, "no round has finished yet"),
+    (["predict", "--checkpoint", "nowhere/round-0001", "x.png"], 3, "checkpoint not found"),
+    (["predict", "--checkpoint", "c.safetensors", "x.png"], 3, "checkpoint file not found"),
+    (["evaluate", "--round", "7", "cells"], 3, "round 7 has no checkpoint"),
+], ids=["bad-value", "round-and-checkpoint", "unknown-round", "no-round-yet",
+        "missing-folder", "missing-file", "evaluate-unknown-round"])
+def test_predict_mistakes_are_answered_before_torch(workspace: Path, tmp_path: Path, args: list,
+                                                    code: int, says: str) -> None:
+    done, imported = cli_imports(tmp_path, *args, env={"SSLALL_WORKSPACE": str(workspace)})
+    assert done.returncode == code, done.stderr
+    assert says in done.stderr and "Traceback" not in done.stderr
+    assert imported == []
+
+
+def test_predict_without_a_workspace_is_answered_before_torch(tmp_path: Path) -> None:
+    report = tmp_path / "imported.txt"
+    done = subprocess.run([sys.executable, "-c", REPORT_IMPORTS.format(heavy=HEAVY), str(report),
+                           "predict", "x.png"], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "SSLALL_WORKSPACE": ""}, timeout=600)
+    assert done.returncode == 3, done.stderr
+    assert "not inside an sslall workspace" in done.stderr
+    assert report.read_text().split() == []
