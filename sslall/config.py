@@ -106,12 +106,16 @@ class PseudoConfig:
         0.9, "calibrated confidence needed for a pseudo label, in (0, 1)", within="(0, 1)")
     # `registry`: any name registered with `sslall.decide._policies.register_policy`
     policy: str = setting(
-        "fixed", "fixed (one threshold) or adaptive (class-wise, FlexMatch-style)",
-        choices=("fixed", "adaptive"), registry="policy")
+        "fixed", "fixed (one threshold), adaptive (class-wise, FlexMatch-style) or propagation "
+        "(the threshold on labels propagated over the trained head's kNN graph)",
+        choices=("fixed", "adaptive", "propagation"), registry="policy")
     class_cap: bool = setting(True, "cap pseudo labels per class to keep the labeled class prior")
     knn_k: int = setting(10, "neighbours consulted by the kNN-agreement filter", within="[1, 1000]")
     knn_agreement: float = setting(
         0.7, "fraction of the k neighbours that must agree (0 disables)", within="[0, 1]")
+    propagation_k: int = setting(
+        50, "neighbours per cell in the label-propagation graph (policy propagation)",
+        within="[1, 1000]")
 
 
 @dataclass(frozen=True)

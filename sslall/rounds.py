@@ -189,7 +189,8 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
             if on_calibrated is not None:
                 on_calibrated(learner, calibration)
             with _timed(seconds, "select"):
-                pseudo = decide_pseudo_labels(config, snapshot, probs, scores.embeddings)
+                pseudo = decide_pseudo_labels(config, snapshot, probs, scores.embeddings,
+                                              scores.hidden)
             with _timed(seconds, "route"):
                 routing = decide_routing(config, snapshot, probs, scores, pseudo,
                                          rng=np.random.default_rng(config.train.seed + round_no))

@@ -100,7 +100,7 @@ def test_a_fresh_process_checks_strategy_and_policy_names_without_the_registries
         "bald adaptive",
         "2 config key 'route.strategy': got 'margn'; did you mean 'margin'? (allowed: margin, "
         "entropy, least-confidence, bald, coreset, typiclust, random)",
-        "2 config key 'pseudo.policy': got 'own' (allowed: fixed, adaptive)",
+        "2 config key 'pseudo.policy': got 'own' (allowed: fixed, adaptive, propagation)",
         "[]",
     ]
 

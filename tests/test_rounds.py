@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -225,6 +226,23 @@ def test_every_strategy_and_policy_runs_a_round(template_ws: Path, tmp_path: Pat
                     "--budget", "5", "--json")
     assert result.exit_code == 0, result.stderr
     assert pools_of(ws)["review"] == 5
+    assert sslall("check", "-w", ws, "--no-files").returncode == 0
+
+
+def test_propagation_round_weighs_pseudo_labels_by_their_certainty(template_ws: Path,
+                                                                   tmp_path: Path, runner) -> None:
+    ws = copy_ws(template_ws, tmp_path)
+    toml = ws / "sslall.toml"  # 72 cells: the default 50 neighbours would join every class
+    toml.write_text(toml.read_text().replace("[pseudo]\n", "[pseudo]\npropagation_k = 5\n"))
+    result = invoke(runner, "round", "-w", ws, "--policy", "propagation", "--threshold", "0.5",
+                    "--json")
+    assert result.exit_code == 0, result.stderr
+    with sqlite3.connect(ws / "pools" / "pools.db") as conn:
+        pseudo = conn.execute("SELECT weight, reason FROM samples WHERE pool = 'pseudo'").fetchall()
+        others = conn.execute("SELECT DISTINCT weight FROM samples WHERE pool = 'unlabeled'").fetchall()
+    assert pseudo, "no pseudo label at threshold 0.5 on the template workspace"
+    assert all(0.0 <= w <= 1.0 and reason.startswith("propagated ") for w, reason in pseudo)
+    assert others == [(1.0,)]
     assert sslall("check", "-w", ws, "--no-files").returncode == 0
 
 

@@ -31,7 +31,7 @@ from sslall.store._records import POOLS
 
 Threshold = Annotated[float | None, typer.Option(help="Calibrated confidence for a pseudo label "
                       "(pseudo.threshold).")]
-Policy = Annotated[str | None, typer.Option(help="fixed or adaptive (pseudo.policy).")]
+Policy = Annotated[str | None, typer.Option(help="fixed, adaptive or propagation (pseudo.policy).")]
 Strategy = Annotated[str | None, typer.Option(help="margin, entropy, least-confidence, bald, "
                      "coreset, typiclust or random (route.strategy).")]
 Budget = Annotated[int | None, typer.Option(help="Cells sent to review (route.budget).")]

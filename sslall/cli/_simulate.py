@@ -37,7 +37,8 @@ def simulate_cmd(
     budget: Annotated[int | None, typer.Option(help="Oracle labels per round (the review queue) "
                                             "[default: 20].")] = None,
     threshold: Annotated[float | None, typer.Option(help="Pseudo-label threshold [default: 0.9].")] = None,
-    policy: Annotated[str | None, typer.Option(help="fixed or adaptive [default: fixed].")] = None,
+    policy: Annotated[str | None, typer.Option(
+        help="fixed, adaptive or propagation [default: fixed].")] = None,
     strategy: Annotated[str | None, typer.Option(help="Acquisition strategy [default: margin].")] = None,
     backbone: Annotated[str | None, typer.Option(help="Backbone [default: tf_efficientnet_lite0].")] = None,
     mode: Annotated[str | None, typer.Option(help="auto, head, last-stage or finetune "

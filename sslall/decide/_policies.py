@@ -76,6 +76,13 @@ def adaptive(probs: np.ndarray, *, threshold: float, labeled_counts: np.ndarray,
     return np.clip(beta / (2.0 - beta) * threshold, floor, threshold)
 
 
+@register_policy("propagation")
+def propagation(probs: np.ndarray, *, threshold: float, labeled_counts: np.ndarray) -> np.ndarray:
+    """One threshold for every class, on propagated class distributions: the round passes the
+    label-propagation scores as ``probs`` (`sslall.decide._route`, `sslall.decide._propagation`)."""
+    return np.full(probs.shape[1], float(threshold))
+
+
 def class_thresholds(
     policy: str, probs: np.ndarray, *, threshold: float, labeled_counts: np.ndarray, **options
 ) -> np.ndarray:

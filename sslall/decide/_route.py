@@ -3,6 +3,10 @@
 `decide_pseudo_labels`: unlabeled and pseudo rows compete for pseudo labels under the policy's
 class-wise thresholds, the optional class cap and the kNN-agreement filter; a pseudo label that
 no longer passes goes back to unlabeled (self-correction). Human labels are never candidates.
+With the `propagation` policy the thresholds act on each cell's propagated class distribution
+(`sslall.decide._propagation`, on the trained head's hidden features, seeded by the human
+labels) instead of the classifier's, a cell must also be the classifier's class, the graph
+replaces the kNN filter, and each pseudo label weighs its propagation certainty in training.
 
 `decide_routing`: low-confidence human-labelled rows are up-weighted for the next training
 (route `retrain`/`both`); unlabeled rows that did not become pseudo labels are review
@@ -40,9 +44,11 @@ class PseudoDecision:
     selected: np.ndarray  # bool per snapshot row: holds a pseudo label after the round
     thresholds: dict[str, float]
     per_class: dict[str, int] = field(default_factory=dict)
+    # sample id -> training weight factor of a pseudo label (propagation certainty); {} = none
     # bool per snapshot row: an unlabeled or pseudo row whose calibrated confidence passes its
     # class's threshold (selected or held back by the kNN or class-cap filter); None = none
     confident: np.ndarray | None = None
+    weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -55,7 +61,14 @@ class Routing:
 
 
 def decide_pseudo_labels(config: Config, snapshot: Snapshot, probs: np.ndarray,
-                         embeddings: np.ndarray) -> PseudoDecision:
+                         embeddings: np.ndarray, hidden: np.ndarray | None = None
+                         ) -> PseudoDecision:
+    """The round's pseudo-label moves (module docstring); `hidden` [N, H] are the trained head's
+    hidden features, needed by the `propagation` policy.
+
+    Raises:
+        ValueError: the `propagation` policy without `hidden`.
+    """
     classes = snapshot.classes
     labels = snapshot.label_index()
     human = snapshot.human_mask()
@@ -66,15 +79,20 @@ def decide_pseudo_labels(config: Config, snapshot: Snapshot, probs: np.ndarray,
     # Pseudo labels persist across rounds here, so FlexMatch's warm-up (which keeps every class
     # at the floor while few predictions are confident) would be too permissive.
     options = {"warmup": False} if cfg.policy == "adaptive" else {}
-    thresholds = (class_thresholds(cfg.policy, probs[candidates], threshold=cfg.threshold,
+    basis, weight = probs, None  # what the thresholds act on; the pseudo labels' weights
+    if cfg.policy == "propagation" and len(candidates):
+        basis, weight = _propagated(config, snapshot, probs, hidden)
+    thresholds = (class_thresholds(cfg.policy, basis[candidates], threshold=cfg.threshold,
                                    labeled_counts=labeled_counts, **options)
                   if len(candidates) else np.full(len(classes), cfg.threshold))
     if len(candidates):
-        confident = probs[candidates].max(1) >= thresholds[probs[candidates].argmax(1)]
-        caps = (class_caps_from_prior(labeled_counts, probs[candidates], thresholds)
+        confident = basis[candidates].max(1) >= thresholds[basis[candidates].argmax(1)]
+        caps = (class_caps_from_prior(labeled_counts, basis[candidates], thresholds)
                 if cfg.class_cap else None)
-        keep = select_pseudo_labels(probs[candidates], thresholds, class_cap=caps)
-        if cfg.knn_agreement > 0 and keep.any():
+        keep = select_pseudo_labels(basis[candidates], thresholds, class_cap=caps)
+        if cfg.policy == "propagation":
+            keep &= basis[candidates].argmax(1) == probs[candidates].argmax(1)
+        elif cfg.knn_agreement > 0 and keep.any():
             agree = knn_agreement(embeddings[human], labels[human], embeddings[candidates[keep]],
                                   probs[candidates[keep]].argmax(1), k=cfg.knn_k,
                                   min_fraction=cfg.knn_agreement,
@@ -90,14 +108,17 @@ def decide_pseudo_labels(config: Config, snapshot: Snapshot, probs: np.ndarray,
         conf = float(probs[i, pred])
         if selected[i]:
             if row.pool == "unlabeled" or row.label != classes[pred]:
-                reason = (f"p={conf:.3f} >= {thresholds[pred]:.3f}" if row.pool == "unlabeled"
+                passed = (f"p={conf:.3f} >= {thresholds[pred]:.3f}" if basis is probs else
+                          f"propagated {basis[i, pred]:.3f} >= {thresholds[pred]:.3f}, p={conf:.3f}")
+                reason = (passed if row.pool == "unlabeled"
                           else f"relabelled {row.label}->{classes[pred]}, p={conf:.3f}")
                 moves.append(Move(row.id, "pseudo", from_pool=row.pool, label=classes[pred],
                                   label_source="pseudo", confidence=conf, prediction=classes[pred],
                                   reason=reason))
         elif row.pool == "pseudo":
-            why = ("kNN neighbours or class cap disagreed" if confident[j]
-                   else f"p={conf:.3f} fell below {thresholds[pred]:.3f}")
+            why = (("propagation, classifier or class cap disagreed" if basis is not probs
+                    else "kNN neighbours or class cap disagreed") if confident[j]
+                   else f"p={basis[i].max():.3f} fell below {thresholds[basis[i].argmax()]:.3f}")
             moves.append(Move(row.id, "unlabeled", from_pool="pseudo", confidence=conf,
                               prediction=classes[pred], reason=f"self-correction: {why}"))
     per_class = {c: int(((probs[selected].argmax(1) == k)).sum()) for k, c in enumerate(classes)}
@@ -105,12 +126,30 @@ def decide_pseudo_labels(config: Config, snapshot: Snapshot, probs: np.ndarray,
     sure[candidates[confident]] = True
     return PseudoDecision(moves, selected,
                           {c: round(float(t), 4) for c, t in zip(classes, thresholds, strict=True)},
-                          per_class, sure)
+                          per_class, sure,
+                          {} if weight is None else {snapshot.rows[i].id: round(float(weight[i]), 6)
+                                                     for i in np.flatnonzero(selected)})
+
+
+def _propagated(config: Config, snapshot: Snapshot, probs: np.ndarray, hidden: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(propagated class distributions [N, C], certainty weights [N]) seeded by the labeled pool."""
+    from sslall.decide._propagation import PropagationParams, certainty, propagate_labels
+
+    if hidden is None or len(hidden) != len(probs):
+        raise ValueError("the propagation policy needs the trained head's hidden features of "
+                         "every row")
+    seeds = np.flatnonzero(snapshot.mask("labeled"))
+    z = propagate_labels(hidden, seeds, snapshot.label_index()[seeds], probs.shape[1],
+                         PropagationParams(k=config.pseudo.propagation_k),
+                         approx_above=config.index.approx_above, approx=config.index.approx)
+    return z, certainty(z)
 
 
 def decide_routing(config: Config, snapshot: Snapshot, probs: np.ndarray, scores: Scores,
                    pseudo: PseudoDecision, *, rng: np.random.Generator) -> Routing:
-    """Up-weights for unsure human labels and the round's review moves (module docstring).
+    """Next-round sample weights (the pseudo labels' own, and up-weights for unsure human
+    labels) and the round's review moves (module docstring).
 
     Each review move's reason states the strategy's score of the cell and its rank among the
     candidates, e.g. ``margin 0.04, rank 3 of 120 candidates``.
@@ -118,7 +157,7 @@ def decide_routing(config: Config, snapshot: Snapshot, probs: np.ndarray, scores
     classes = snapshot.classes
     labels = snapshot.label_index()
     human = np.flatnonzero(snapshot.human_mask())
-    weights: dict[str, float] = {}
+    weights: dict[str, float] = dict(pseudo.weights)  # pseudo labels' weights, then hard examples
     if config.route.route in ("retrain", "both") and len(human):
         own = probs[human, labels[human]]
         for i in human[own < config.route.hard_threshold]:

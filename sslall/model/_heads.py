@@ -14,7 +14,7 @@ from torch import nn
 
 from sslall.errors import ModelError
 
-__all__ = ["EnsembleHead", "MLPHead", "head_sizes"]
+__all__ = ["EnsembleHead", "MLPHead", "head_sizes", "hidden_features"]
 
 
 class MLPHead(nn.Module):
@@ -74,3 +74,17 @@ def head_sizes(head: nn.Module) -> tuple[int, int]:
     if not layers:
         raise ModelError(f"head {type(head).__name__} has no linear layer")
     return int(layers[0].in_features), int(layers[-1].out_features)
+
+
+def hidden_features(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The head's last hidden layer for inputs ``x``: the features the labels have shaped.
+
+    For an `EnsembleHead` the members' hidden layers are concatenated; a head without hidden
+    layers gives its input back. Used for label propagation's kNN graph
+    (`sslall.decide._propagation`), which needs features trained on this round's labels.
+    """
+    if isinstance(head, EnsembleHead):
+        return torch.cat([hidden_features(m, x) for m in head.members], dim=1)
+    if isinstance(head, MLPHead):
+        return head.layers[:-1](x)
+    raise TypeError(f"no hidden layer to read in {type(head).__name__}")

@@ -14,7 +14,7 @@ those of the trained network), used by kNN agreement, coreset, TypiClust and the
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +34,7 @@ from sslall.model._distributed import Dist, gather_rows, shard_bounds
 from sslall.model._feature_cache import FeatureCache
 from sslall.model._features import extract_features, mc_dropout_probs, predict
 from sslall.model._finetune import finetune
-from sslall.model._heads import EnsembleHead, MLPHead, head_sizes
+from sslall.model._heads import EnsembleHead, MLPHead, head_sizes, hidden_features
 from sslall.model._last_stage import LastStage, split_last_stage, stage_embeddings, train_last_stage
 from sslall.model._train import train_head
 from sslall.store._records import Sample
@@ -55,7 +55,8 @@ def training_rows(config: Config, snapshot: Snapshot) -> tuple[np.ndarray, np.nd
     """(row indices, class indices, sample weights) of labeled ∪ pseudo rows.
 
     Human labels weigh 1 (or the hard-example weight the last round gave them); pseudo labels
-    weigh their calibrated confidence, or the configured constant factor.
+    weigh their calibrated confidence, or the configured constant factor, times the weight the
+    last round gave them (the propagation certainty; 1 under the other policies).
     """
     labels = snapshot.label_index()
     idx, weights = [], []
@@ -66,7 +67,8 @@ def training_rows(config: Config, snapshot: Snapshot) -> tuple[np.ndarray, np.nd
             weights.append(row.weight)
         elif row.pool == "pseudo":
             idx.append(i)
-            weights.append(float(row.confidence or 0.0) if factor == "confidence" else float(factor))
+            base = float(row.confidence or 0.0) if factor == "confidence" else float(factor)
+            weights.append(base * row.weight)
     rows = np.array(idx, dtype=np.int64)
     return rows, labels[rows], np.array(weights, dtype=np.float32)
 
@@ -123,10 +125,19 @@ class Learner:
                 logits, embeddings = _gather_scores(dist, logits, embeddings, len(rows))
                 if not dist.is_main:
                     return _empty_scores(self)
+        hidden = self._hidden(embeddings)
         mc = None
         if mc_samples:
             mc = mc_dropout_probs(self.head, embeddings, T=mc_samples, seed=cfg.train.seed)
-        return Scores(np.asarray(logits, dtype=np.float32), embeddings, mc)
+        return Scores(np.asarray(logits, dtype=np.float32), embeddings, mc, hidden=hidden)
+
+    def _hidden(self, embeddings: np.ndarray) -> np.ndarray | None:
+        """The head's hidden features of every row when the pseudo-label policy propagates
+        labels on them (`sslall.decide._propagation`); None otherwise (they are not free at
+        a million cells)."""
+        if self.config.pseudo.policy != "propagation" or not len(embeddings):
+            return None
+        return head_hidden(self.head, embeddings, self.device, self.config.train.batch_size * 8)
 
     def logits_for(self, samples: Sequence[tuple[str, str]], *, cache_dir: Path,
                    progress: Progress | None = None) -> np.ndarray:
@@ -307,10 +318,24 @@ def _empty_scores(learner: Learner) -> Scores:
 
 def head_logits(head: MLPHead, features: np.ndarray, device: torch.device, batch: int
                  ) -> np.ndarray:
+    """The head's logits [N, C] of features [N, D], in batches, on one CPU thread."""
+    return _head_batches(head, head, features, device, batch, head_sizes(head)[1])
+
+
+def head_hidden(head: MLPHead, features: np.ndarray, device: torch.device, batch: int
+                ) -> np.ndarray:
+    """The head's last hidden layer [N, H] of features [N, D] (`hidden_features`), in batches."""
+    width = sum(h.hidden[-1] if h.hidden else head_sizes(h)[0]
+                for h in (head.members if isinstance(head, EnsembleHead) else [head]))
+    return _head_batches(head, lambda x: hidden_features(head, x), features, device, batch, width)
+
+
+def _head_batches(head: torch.nn.Module, fn: Callable[[torch.Tensor], torch.Tensor],
+                  features: np.ndarray, device: torch.device, batch: int, width: int) -> np.ndarray:
     head = head.to(device).eval()
     out = []
     with torch.inference_mode(), one_cpu_thread() if device.type == "cpu" else nullcontext():
         for start in range(0, len(features), batch):
             chunk = torch.as_tensor(np.asarray(features[start:start + batch]), device=device)
-            out.append(head(chunk.float()).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, head_sizes(head)[1]), np.float32)
+            out.append(fn(chunk.float()).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, width), np.float32)

@@ -43,12 +43,12 @@ def test_a_registered_policy_is_used_and_accepted_by_the_config(halfway):
     with pytest.raises(ConfigError) as info:
         config_from_dict({"classes": ["A", "B"], "pseudo": {"policy": "halfwya"}})
     assert str(info.value) == ("config key 'pseudo.policy': got 'halfwya'; did you mean 'halfway'? "
-                               "(allowed: fixed, adaptive, halfway)")
+                               "(allowed: fixed, adaptive, propagation, halfway)")
 
 
 def test_an_unregistered_policy_is_refused_again():
     assert "halfway" not in POLICIES
-    with pytest.raises(ConfigError, match=r"got 'halfway' \(allowed: fixed, adaptive\)"):
+    with pytest.raises(ConfigError, match=r"got 'halfway' \(allowed: fixed, adaptive, propagation\)"):
         config_from_dict({"classes": ["A", "B"], "pseudo": {"policy": "halfway"}})
 
 

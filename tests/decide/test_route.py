@@ -161,3 +161,40 @@ def test_max_review_caps_the_outstanding_queue() -> None:
     assert routed(budget=3, max_review=2) == []         # queue full: nothing, never negative
     assert routed(budget=3, max_review=1) == []         # over the cap (lowered since): nothing
     assert routed(budget=3, max_review=200) == [2, 3, 4]
+
+
+def test_propagation_policy_thresholds_the_graph_and_weighs_its_certainty() -> None:
+    rng = np.random.default_rng(0)
+    a, b = np.array([1.0, 0, 0, 0]), np.array([0, 1.0, 0, 0])
+    rows = ([row(i, "labeled", "A", "import") for i in range(3)]
+            + [row(3 + i, "labeled", "B", "import") for i in range(3)]
+            + [row(6, "unlabeled"), row(7, "unlabeled"), row(8, "unlabeled"),
+               row(9, "pseudo", "A", "pseudo", 0.97), row(10, "holdout", "A", "import")])
+    hidden = np.array([a, a, a, b, b, b,
+                       a,              # 6: in A's cluster, classifier A -> pseudo A
+                       a,              # 7: in A's cluster, classifier B -> classifier disagrees
+                       (a + b) / 2,    # 8: between the clusters -> propagated ~0.5, not enough
+                       b,              # 9: pseudo A, now in B's cluster with classifier B
+                       a]) + 0.01 * rng.random((11, 4))
+    probs = np.array([[0.9, 0.1]] * 3 + [[0.1, 0.9]] * 3
+                     + [[0.96, 0.04], [0.05, 0.95], [0.97, 0.03], [0.04, 0.96], [0.9, 0.1]])
+    cfg = config(policy="propagation", propagation_k=3)
+    snapshot = Snapshot(CLASSES, rows)
+    decision = decide_pseudo_labels(cfg, snapshot, probs, np.eye(11, dtype=np.float32), hidden)
+    moves = {int(m.sample_id, 16): m for m in decision.moves}
+    assert decision.selected.tolist() == [False] * 6 + [True, False, False, True, False]
+    assert (moves[6].label, moves[9].label) == ("A", "B")
+    assert moves[6].reason.startswith("propagated ") and "p=0.960" in moves[6].reason
+    assert set(moves) == {6, 9}
+    assert set(decision.weights) == {rows[6].id, rows[9].id}
+    assert all(0.9 < w <= 1.0 for w in decision.weights.values())
+    routing = decide_routing(cfg, snapshot, probs, Scores(np.log(probs), hidden), decision,
+                             rng=np.random.default_rng(0))
+    assert routing.weights == decision.weights  # no hard human labels at 0.9 >= 0.6
+
+
+def test_propagation_policy_without_hidden_features_is_refused() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="hidden features"):
+        decide_pseudo_labels(config(policy="propagation"), Snapshot(CLASSES, ROWS), PROBS, EMB)
