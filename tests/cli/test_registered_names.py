@@ -64,7 +64,7 @@ def test_unknown_names_are_one_line_with_the_registered_ones(ws: Path, runner, u
         "margin, entropy, least-confidence, bald, coreset, typiclust, random, last-rows)")
     result = invoke(runner, "round", "-w", ws, "--policy", "fixed-cpy")
     assert result.exit_code == 2
-    assert "did you mean 'fixed-copy'? (allowed: fixed, adaptive, fixed-copy)" in result.stderr
+    assert "did you mean 'fixed-copy'? (allowed: fixed, adaptive, propagation, fixed-copy)" in result.stderr
 
 
 def test_a_name_no_longer_registered_is_refused(ws: Path, runner) -> None:
