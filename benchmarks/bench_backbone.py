@@ -69,7 +69,7 @@ def simulate(train: Path, test: Path, *, backbone: str, mode: str, size: int, se
     cmd = [*sslall_exe(), "-q", "simulate", str(train), "--test-dir", str(test),
            "--label-fraction", str(fraction), "--rounds", "1", "--budget", str(BUDGET),
            "--backbone", backbone, "--mode", mode, "--image-size", str(size), "--seed", str(seed),
-           "--work", str(work), "--cache", str(cache), "--json", str(report), "--baselines"]
+           "--work", str(work), "--cache", str(cache), "--out", str(report), "--baselines"]
     print(" ".join(cmd[2:]), flush=True)
     started = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

@@ -92,7 +92,7 @@ class Runner:
                "--budget", str(self.ds.budget), "--strategy", strategy,
                *(["--image-size", str(self.ds.image_size)] if self.ds.image_size else []),
                "--mode", "head", "--seed", str(seed), "--work", str(work),
-               "--cache", str(self.cache), "--json", str(report),
+               "--cache", str(self.cache), "--out", str(report),
                *(["--baselines"] if baselines else [])]
         print(" ".join(cmd[2:]), flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

@@ -80,7 +80,7 @@ def simulate(train: Path, test: Path, target: Target, *, seed: int, cache: Path,
     report = work.with_suffix(".json")
     cmd = [*sslall_exe(), "-q", "simulate", str(train), "--test-dir", str(test), *args,
            "--mode", target.mode, "--seed", str(seed), "--work", str(work), "--cache", str(cache),
-           "--json", str(report), *(["--baselines"] if baselines else [])]
+           "--out", str(report), *(["--baselines"] if baselines else [])]
     started = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads(report.read_text()), time.perf_counter() - started

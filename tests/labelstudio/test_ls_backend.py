@@ -5,13 +5,14 @@ the webhook Label Studio made for the backend."""
 from __future__ import annotations
 
 import csv
+import json
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Server, invoke
+from conftest import Server, headless_chromium, invoke
 from test_rounds import build_workspace
 from typer.testing import CliRunner
 
@@ -81,6 +82,45 @@ def test_a_task_imported_by_hand_gets_the_models_prediction(ls: Server, served: 
     assert pred.model_version == "round-1"
     assert pred.score == pytest.approx(float(want.probs[k]), abs=1e-5)
     assert pred.result == choice_result(load_config(served["ws"] / "sslall.toml").classes[k])
+
+
+def test_an_annotator_sees_the_live_prediction_in_chromium(ls: Server, served: dict,
+                                                          tmp_path: Path) -> None:
+    """A task imported by hand, opened in the browser as an annotator opens it: Label Studio
+    asks the backend, and the labelling view shows the model's guess as round 1's."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with PoolStore(served["ws"] / "pools" / "pools.db", read_only=True) as store:
+        cell = list(store.samples("unlabeled"))[1]
+    rel = Path(cell.path).relative_to(ls.root).as_posix()
+    [task] = ls.sdk.projects.import_tasks(id=served["pid"], request=[
+        {"data": {"image": f"/data/local-files/?d={rel}"}}], return_task_ids=True).task_ids
+    assert ls.sdk.predictions.list(task=task) == []
+    creds = json.loads((ls.data_dir / "sslall-credentials.json").read_text())
+    browser = headless_chromium()
+    try:
+        browser.get(f"{ls.url}/user/login/")
+        browser.find_element(By.NAME, "email").send_keys(creds["username"])
+        browser.find_element(By.NAME, "password").send_keys(creds["password"])
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
+        WebDriverWait(browser, 120).until(lambda b: "/user/login" not in b.current_url)
+        browser.get(f"{ls.url}/projects/{served['pid']}/data?task={task}")
+
+        def shown(b) -> bool:  # the first open asks the backend; a reload shows what it said
+            if "round-1" in b.find_element(By.TAG_NAME, "body").text:
+                return True
+            b.refresh()
+            return False
+
+        WebDriverWait(browser, 120, poll_frequency=5).until(shown)
+    except Exception:
+        browser.save_screenshot(str(tmp_path / "page.png"))
+        raise
+    finally:
+        browser.quit()
+    [pred] = ls.sdk.predictions.list(task=task)  # the guess came from the backend, live
+    assert pred.model_version == "round-1"
 
 
 def test_an_annotation_reaches_the_pool_store_through_the_webhook(ls: Server, served: dict
