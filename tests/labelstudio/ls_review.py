@@ -3,9 +3,10 @@ for it, and its pools."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from conftest import CLASSES, Server, write_image
+from conftest import CLASSES, Server, headless_chromium, write_image
 
 from sslall._fsutil import sha256_file
 from sslall.config import Config, LabelStudioConfig, load_config
@@ -59,3 +60,22 @@ def assert_store_ok(ws: Path) -> None:
     with PoolStore(ws / "pools" / "pools.db") as store:
         assert check_store(store, CLASSES, files=False) == []
 
+
+
+def annotator_browser(server: Server):
+    """Headless Chromium logged in to `server` as its annotator (the caller quits it)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    creds = json.loads((server.data_dir / "sslall-credentials.json").read_text())
+    browser = headless_chromium()
+    try:
+        browser.get(f"{server.url}/user/login/")
+        browser.find_element(By.NAME, "email").send_keys(creds["username"])
+        browser.find_element(By.NAME, "password").send_keys(creds["password"])
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
+        WebDriverWait(browser, 120).until(lambda b: "/user/login" not in b.current_url)
+    except Exception:
+        browser.quit()
+        raise
+    return browser

@@ -5,14 +5,14 @@ the webhook Label Studio made for the backend."""
 from __future__ import annotations
 
 import csv
-import json
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Server, headless_chromium, invoke
+from conftest import Server, invoke
+from ls_review import annotator_browser
 from test_rounds import build_workspace
 from typer.testing import CliRunner
 
@@ -97,14 +97,8 @@ def test_an_annotator_sees_the_live_prediction_in_chromium(ls: Server, served: d
     [task] = ls.sdk.projects.import_tasks(id=served["pid"], request=[
         {"data": {"image": f"/data/local-files/?d={rel}"}}], return_task_ids=True).task_ids
     assert ls.sdk.predictions.list(task=task) == []
-    creds = json.loads((ls.data_dir / "sslall-credentials.json").read_text())
-    browser = headless_chromium()
+    browser = annotator_browser(ls)
     try:
-        browser.get(f"{ls.url}/user/login/")
-        browser.find_element(By.NAME, "email").send_keys(creds["username"])
-        browser.find_element(By.NAME, "password").send_keys(creds["password"])
-        browser.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
-        WebDriverWait(browser, 120).until(lambda b: "/user/login" not in b.current_url)
         browser.get(f"{ls.url}/projects/{served['pid']}/data?task={task}")
 
         def shown(b) -> bool:  # the first open asks the backend; a reload shows what it said

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import Server, headless_chromium, invoke, make_checkpoint
-from ls_review import review_ws, task_ids
+from conftest import Server, invoke, make_checkpoint
+from ls_review import annotator_browser, review_ws, task_ids
 
 pytestmark = pytest.mark.labelstudio
 
@@ -22,14 +22,8 @@ def test_an_annotator_sees_the_cell_in_chromium(ls: Server, tmp_path: Path, runn
                   ).exit_code == 0
     task = task_ids(ls, ws)[ids[0]]
     project = json.loads(invoke(runner, "label", "status", "-w", ws, "--json").stdout)["project_id"]
-    creds = json.loads((ls.data_dir / "sslall-credentials.json").read_text())
-    browser = headless_chromium()
+    browser = annotator_browser(ls)
     try:
-        browser.get(f"{ls.url}/user/login/")
-        browser.find_element(By.NAME, "email").send_keys(creds["username"])
-        browser.find_element(By.NAME, "password").send_keys(creds["password"])
-        browser.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
-        WebDriverWait(browser, 120).until(lambda b: "/user/login" not in b.current_url)
         browser.get(f"{ls.url}/projects/{project}/data?task={task}")
         # the data manager's thumbnail comes from our URL; the labelling view draws the same
         # bytes (through a blob: URL) large: both decoded, at the cell's 20 px; and the
