@@ -86,6 +86,9 @@ class TrainConfig:
         1, "image-decoding worker processes (0 = decode in the main process)", within="[0, 64]")
     finetune_lr: float = setting(1e-4, "learning rate of the backbone in finetune mode",
                                  within="(0, inf]")
+    stage_epoch_rows: int = setting(
+        2048, "last-stage mode: the most rows an epoch draws, so a round's time stays flat as "
+        "pseudo labels accumulate (0 = every row once)", within="[0, inf]")
 
 
 @dataclass(frozen=True)

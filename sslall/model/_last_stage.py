@@ -188,13 +188,14 @@ def train_last_stage(
     val_maps: np.ndarray | None, val_y: np.ndarray | None, *, num_classes: int,
     hidden: Sequence[int], dropout: float, lr: float, weight_decay: float, epochs: int,
     batch_size: int, class_balance: str, patience: int, seed: int, device: torch.device,
-    hflip: bool, vflip: bool, progress: Progress | None = None,
+    hflip: bool, vflip: bool, max_epoch_rows: int = 0, progress: Progress | None = None,
 ) -> tuple[MLPHead, TrainResult]:
     """Train `stage` (in place) and a new `MLPHead` on flattened cached maps [N, C*H*W].
 
     The loop, epoch size, weights, class balance and early stopping are `train_head`'s
-    (`fit_rows`); the last stage learns at STAGE_LR_FACTOR x `lr`, and training batches are
-    flipped (`flip_maps`). Both modules end holding the kept epoch's weights.
+    (`fit_rows`, an epoch capped at `max_epoch_rows` draws when > 0); the last stage learns at
+    STAGE_LR_FACTOR x `lr`, and training batches are flipped (`flip_maps`). Both modules end
+    holding the kept epoch's weights.
     """
     if stage.map_shape is None:
         raise ModelError("LastStage.map_shape is unknown; run frozen_maps or set it from the cache")
@@ -213,7 +214,7 @@ def train_last_stage(
                           epochs=epochs, batch_size=batch_size, lr=lr, class_balance=class_balance,
                           patience=patience, seed=seed, device=device,
                           augment=augment if hflip or vflip else None, score_batch=SCORE_BATCH,
-                          progress=progress)
+                          max_epoch_rows=max_epoch_rows, progress=progress)
     model.load_state_dict(result.state)
     model.eval()
     return head, result

@@ -249,7 +249,8 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
         head, result = train_last_stage(
             stage, features[rows], y, w, features[holdout], y_all[holdout],
             num_classes=len(cfg.classes), lr=cfg.train.lr, hflip=cfg.augment.hflip,
-            vflip=cfg.augment.vflip, progress=progress, **head_kwargs, **common)
+            vflip=cfg.augment.vflip, max_epoch_rows=cfg.train.stage_epoch_rows, progress=progress,
+            **head_kwargs, **common)
         results = [result]
     else:
         head = MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs)

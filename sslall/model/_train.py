@@ -119,12 +119,13 @@ def fit_rows(
     val_x: np.ndarray | None, val_y: np.ndarray | None, *, num_classes: int, epochs: int,
     batch_size: int, lr: float, class_balance: str, patience: int, seed: int, device: torch.device,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-    score_batch: int = 8192, epoch_rows: int | None = None, progress: Progress | None = None,
+    score_batch: int = 8192, max_epoch_rows: int = 0, progress: Progress | None = None,
 ) -> TrainResult:
     """The epoch loop of `train_head`, for any `model` on rows of an array already in memory
     (validated by `prepare_rows`; weight-0 rows dropped): AdamW over `groups`, class-balanced or
-    shuffled draws of max(N, epoch_rows or MIN_EPOCH_ROWS) rows an epoch, `augment(batch, generator)` on each
-    training batch, early stopping on the validation macro-F1 (validation scored `score_batch`
+    shuffled draws of max(N, MIN_EPOCH_ROWS) rows an epoch (at most `max_epoch_rows` when it is
+    > 0, so an epoch's cost stays flat as pseudo labels accumulate), `augment(batch, generator)`
+    on each training batch, early stopping on the validation macro-F1 (validation scored `score_batch`
     rows at a time). The caller seeds (`seeded`) so that building `model` is seeded too.
     """
     has_val = val_x is not None and val_y is not None and len(val_y) > 0
@@ -139,11 +140,13 @@ def fit_rows(
     for epoch in range(1, epochs + 1):
         epoch_started = time.perf_counter()
         model.train()
-        draws = max(len(y), epoch_rows or MIN_EPOCH_ROWS)  # read at call time: benchmarks vary it
+        draws = max(len(y), MIN_EPOCH_ROWS)  # read at call time: benchmarks vary it
+        if max_epoch_rows > 0:
+            draws = min(draws, max_epoch_rows)
         order = (torch.multinomial(draw, draws, replacement=True, generator=generator)
                  if draw is not None else
                  torch.cat([torch.randperm(len(y), generator=generator)
-                            for _ in range(-(-draws // len(y)))]))
+                            for _ in range(-(-draws // len(y)))])[:draws])
         total = 0.0
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size].to(device)

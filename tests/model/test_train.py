@@ -100,6 +100,29 @@ def test_early_stopping_keeps_the_best_epoch(monkeypatch):
     assert _states_equal(result.state, snapshots[3])
 
 
+@pytest.mark.parametrize("balance", ["sampler", "none"])
+@pytest.mark.parametrize(("rows", "cap", "drawn"), [
+    (1000, 0, 1000),  # no cap: every row once
+    (1000, 96, 96),  # capped: the same rows an epoch however many pseudo labels accumulate
+    (70, 0, train.MIN_EPOCH_ROWS),  # a small set is repeated up to the minimum
+    (70, 100, 100),  # a cap below the minimum wins: the user asked for it
+])
+def test_an_epoch_draws_at_most_max_epoch_rows(balance, rows, cap, drawn):
+    x, y = _blobs(n_per_class=rows // 2, classes=2)
+    seen: list[int] = []
+
+    def count(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        seen.append(len(batch))
+        return batch
+
+    model = torch.nn.Linear(x.shape[1], 2)
+    train.fit_rows(model, train.param_groups(model, 1e-2, 0.0), x, y, np.ones(len(y), np.float32),
+                   None, None, num_classes=2, epochs=2, batch_size=32, lr=1e-2, class_balance=balance,
+                   patience=5, seed=0, device=torch.device("cpu"), augment=count,
+                   max_epoch_rows=cap)
+    assert sum(seen) == 2 * drawn
+
+
 def test_without_validation_trains_all_epochs_and_keeps_the_last():
     x, y = _blobs(10)
     result = train_head(x, y, np.ones(len(y)), np.zeros((0, 6)), np.zeros(0), num_classes=3,
