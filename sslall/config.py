@@ -53,7 +53,8 @@ class ModelConfig:
         within="[0, 4]")
     mode: str = setting(
         "auto", "head (frozen backbone + MLP head on cached features), last-stage (frozen early "
-        "stages cached, last stage + head trained), finetune, or auto",
+        "stages cached, last stage + head trained), finetune, or auto (finetune on a GPU; on a "
+        "CPU last-stage for trained weights, else head)",
         choices=("auto", "head", "last-stage", "finetune"))
     device: str = setting("auto", "auto, cpu, cuda or mps", choices=("auto", "cpu", "cuda", "mps"))
 

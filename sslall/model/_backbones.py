@@ -27,7 +27,7 @@ import hashlib
 import itertools
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ __all__ = [
     "build_classifier_from_checkpoint",
     "check_backbone_name",
     "create_backbone",
+    "final_pool_only",
 ]
 
 BASELINE_CNN = "baseline-cnn"
@@ -164,11 +165,20 @@ def create_backbone(name: str, *, pretrained: bool, weights: str = "", scales: i
     else:
         module, weights_id = hub_module(name)
     mean, std, input_size = _data_config(module)
-    num_features = int(getattr(module, "head_hidden_size", None) or module.num_features)
+    num_features = _pooled_width(module)
     scales = min(max(int(scales), 0), available_scales(module))
     if scales:
         num_features += sum(int(info["num_chs"]) for info in module.feature_info[-scales:])
     return Backbone(module, num_features, mean, std, input_size, weights_id, scales)
+
+
+def _pooled_width(module: nn.Module) -> int:
+    return int(getattr(module, "head_hidden_size", None) or module.num_features)
+
+
+def final_pool_only(backbone: Backbone) -> Backbone:
+    """`backbone` with its features cut to the final pool (no intermediate stages)."""
+    return replace(backbone, scales=0, num_features=_pooled_width(backbone.module))
 
 
 def build_classifier_from_checkpoint(

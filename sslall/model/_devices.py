@@ -46,13 +46,23 @@ def resolve_device(requested: str | torch.device) -> torch.device:
     return device
 
 
-def resolve_mode(mode: str, device: torch.device) -> str:
-    """`head`, `last-stage` or `finetune`; `auto` fine-tunes on CUDA and trains a head on cached
-    features elsewhere."""
+def resolve_mode(mode: str, device: torch.device, *, last_stage_fits: bool = False) -> str:
+    """`head`, `last-stage` or `finetune` for `model.mode`.
+
+    `auto` fine-tunes on CUDA. On a CPU it trains the last stage (`last-stage`) when
+    `last_stage_fits` (trained weights whose last stage sslall can cut: the unlabeled cells'
+    pseudo labels then shape the representation, BENCHMARKS.md "Issue 16"), else a head on
+    cached features.
+
+    Raises:
+        ConfigError: `mode` is not one of `MODES`.
+    """
     if mode in MODES and mode != "auto":
         return mode
     if mode == "auto":
-        return "finetune" if torch.device(device).type == "cuda" else "head"
+        if torch.device(device).type == "cuda":
+            return "finetune"
+        return "last-stage" if last_stage_fits else "head"
     raise ConfigError("model.mode", f"'{mode}' is not a mode", ", ".join(MODES))
 
 

@@ -29,8 +29,8 @@ from sslall.model._devices import seeded
 from sslall.model._heads import MLPHead
 from sslall.model._train import TrainResult, fit_rows, param_groups, prepare_rows
 
-__all__ = ["LastStage", "SUPPORTED", "flip_maps", "split_last_stage", "stage_embeddings",
-           "train_last_stage"]
+__all__ = ["LastStage", "SUPPORTED", "can_split", "flip_maps", "split_last_stage",
+           "stage_embeddings", "train_last_stage"]
 
 Tensor = torch.Tensor
 STAGE_LR_FACTOR = 0.3  # the pretrained last stage learns at 0.3x the head's rate (as benchmarked)
@@ -129,6 +129,11 @@ class LastStage(nn.Module):
         if mode and hasattr(self.module, "drop_rate"):
             self.module.training = True  # timm applies its pre-logits dropout by module.training
         return self
+
+
+def can_split(module: nn.Module) -> bool:
+    """Whether `split_last_stage` knows where `module`'s last stage begins."""
+    return _family(module) is not None
 
 
 def split_last_stage(module: nn.Module, name: str = "") -> LastStage:

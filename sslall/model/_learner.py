@@ -28,14 +28,20 @@ from sslall._progress import Progress
 from sslall.config import Config
 from sslall.decide._metrics import expected_calibration_error, fit_temperature, softmax
 from sslall.decide._scores import Scores
-from sslall.model._backbones import Backbone, Classifier, create_backbone
+from sslall.model._backbones import BASELINE_CNN, Backbone, Classifier, create_backbone, final_pool_only
 from sslall.model._devices import one_cpu_thread, resolve_device, resolve_mode
 from sslall.model._distributed import Dist, gather_rows, shard_bounds
 from sslall.model._feature_cache import FeatureCache
 from sslall.model._features import extract_features, mc_dropout_probs, predict
 from sslall.model._finetune import finetune
 from sslall.model._heads import EnsembleHead, MLPHead, head_sizes, hidden_features
-from sslall.model._last_stage import LastStage, split_last_stage, stage_embeddings, train_last_stage
+from sslall.model._last_stage import (
+    LastStage,
+    can_split,
+    split_last_stage,
+    stage_embeddings,
+    train_last_stage,
+)
 from sslall.model._train import train_head
 from sslall.store._records import Sample
 
@@ -205,7 +211,8 @@ class Learner:
 def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: int,
                 progress: Progress | None = None, dist: Dist | None = None) -> Learner:
     """Build the backbone, then train the head (head mode), the last stage and a head
-    (last-stage mode) or the whole network (finetune).
+    (last-stage mode) or the whole network (finetune). `auto` picks finetune on CUDA, and on a
+    CPU last-stage for trained weights it can cut, head mode otherwise (`resolve_mode`).
 
     Under torchrun (`dist`) every rank calls this. Finetune trains with DDP on every rank. Head
     and last-stage mode share out the extraction of the cached inputs; training (seconds to a
@@ -214,11 +221,14 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
     """
     cfg = config
     device = resolve_device(cfg.model.device) if dist is None else dist.device
-    mode = resolve_mode(cfg.model.mode, device)
     torch.manual_seed(seed)
     backbone = create_backbone(cfg.model.backbone, pretrained=cfg.model.pretrained,
-                               weights=cfg.model.weights,
-                               scales=0 if mode == "last-stage" else cfg.model.feature_scales)
+                               weights=cfg.model.weights, scales=cfg.model.feature_scales)
+    trained = bool(cfg.model.weights) or (cfg.model.pretrained and cfg.model.backbone != BASELINE_CNN)
+    mode = resolve_mode(cfg.model.mode, device,
+                        last_stage_fits=trained and can_split(backbone.module))
+    if mode == "last-stage":
+        backbone = final_pool_only(backbone)
     stage = split_last_stage(backbone.module, cfg.model.backbone) if mode == "last-stage" else None
     rows, y, w = training_rows(cfg, snapshot)
     holdout = np.flatnonzero(snapshot.mask("holdout"))

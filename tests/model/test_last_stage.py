@@ -166,6 +166,24 @@ def test_last_stage_round_checkpoint_predicts_like_the_round(template_ws: Path, 
     assert sorted((ws / "cache" / "features").glob("*/*.ids")) == shards  # round 2: all cached
 
 
+@pytest.mark.parametrize("weights", [True, False])
+def test_auto_mode_trains_the_last_stage_of_trained_weights_on_a_cpu(
+        template_ws: Path, tmp_path: Path, runner, weights: bool) -> None:  # noqa: F811
+    ws = copy_ws(template_ws, tmp_path)
+    config = ws / "sslall.toml"
+    config.write_text(config.read_text().replace('mode = "head"', 'mode = "auto"'))
+    if weights:  # a weights file counts as trained weights; random ones stay in head mode
+        write_safetensors(ws / "start.safetensors", _module("baseline-cnn").state_dict())
+        config.write_text(config.read_text().replace(
+            "pretrained = false", f'pretrained = false\nweights = "{ws / "start.safetensors"}"'))
+    result = invoke(runner, "round", "-w", ws, "--json")
+    assert result.exit_code == 0, result.stderr
+    meta = json.loads((ws / "runs" / "round-0001" / "model.json").read_text())
+    assert meta["mode"] == ("last-stage" if weights else "head")
+    if weights:
+        assert meta["feature_scales"] == 0
+
+
 def test_last_stage_of_an_unsupported_backbone_is_one_line(template_ws: Path,  # noqa: F811
                                                           tmp_path: Path, runner) -> None:
     ws = copy_ws(template_ws, tmp_path)

@@ -221,6 +221,9 @@ def test_resolve_device(monkeypatch):
 
 def test_resolve_mode():
     assert resolve_mode("auto", torch.device("cpu")) == "head"
+    assert resolve_mode("auto", torch.device("cpu"), last_stage_fits=True) == "last-stage"
+    assert resolve_mode("auto", torch.device("cuda"), last_stage_fits=True) == "finetune"
+    assert resolve_mode("head", torch.device("cpu"), last_stage_fits=True) == "head"
     assert resolve_mode("auto", torch.device("cuda")) == "finetune"
     assert resolve_mode("finetune", torch.device("cpu")) == "finetune"
     assert resolve_mode("head", torch.device("cuda")) == "head"
