@@ -153,7 +153,12 @@ def test_serve_stops_cleanly_on_sigterm_and_ctrl_c(lab: dict) -> None:
             except OSError:
                 time.sleep(0.1)
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # never leave the server behind for later tests
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"sslall serve ignored {sig.name} for 30 s; stdout {out!r}, stderr {err!r}")
         assert proc.returncode == code, err
         assert "Traceback" not in err and "round-1" in out
         assert not lock_is_held(Workspace(lab["ws"]))
