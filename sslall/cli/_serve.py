@@ -48,8 +48,10 @@ def serve_cmd(
     def on_term(signum: int, frame: Any) -> None:
         raise _Terminated
 
-    before = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is \
-        threading.main_thread() else None
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, on_term) if main else None
+    # Ctrl-C stops, even when started with SIGINT ignored (a parent that set SIG_IGN)
+    before_int = signal.signal(signal.SIGINT, signal.default_int_handler) if main else None
     try:
         server.serve_forever(poll_interval=0.2)
     except _Terminated:
@@ -59,6 +61,8 @@ def serve_cmd(
         backend.wait_idle()
         if before is not None:
             signal.signal(signal.SIGTERM, before)
+        if before_int is not None:
+            signal.signal(signal.SIGINT, before_int)
 
 
 def register(app: typer.Typer) -> None:
