@@ -140,11 +140,15 @@ def test_label_names_fall_back_to_sslalls_own() -> None:
 def test_serve_stops_cleanly_on_sigterm_and_ctrl_c(lab: dict) -> None:
     from sslall.labelstudio._server import free_port
 
-    for sig, code in ((signal.SIGTERM, 0), (signal.SIGINT, 130)):
+    def ignore_sigint() -> None:  # as a parent with SIGINT ignored would start it
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    for sig, code, before in ((signal.SIGTERM, 0, None), (signal.SIGINT, 130, None),
+                              (signal.SIGINT, 130, ignore_sigint)):
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "sslall", "serve", "--port", str(port),
                                  "-w", str(lab["ws"])], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, preexec_fn=before)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
