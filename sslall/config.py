@@ -35,8 +35,7 @@ else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
 CONFIG_NAME = "sslall.toml"
-# Starts and ends with a non-space (a class name is a folder name; "L1 " and "L1" must not both
-# exist) and no newline: \Z, since $ would also match before a trailing newline.
+# Starts and ends with a non-space (a folder name: "L1 " and "L1" must not both exist), no newline (\Z)
 CLASS_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9 _.+-]{0,62}[A-Za-z0-9_.+-])?\Z")
 
 
@@ -102,6 +101,9 @@ class AugmentConfig:
     contrast: float = setting(0.1, "contrast jitter factor", within="[0, 1]")
     stain: float = setting(0.05, "H&E/Romanowsky stain jitter strength in HED space (0 disables)",
                            within="[0, 0.5]")
+    turned_view: bool = setting(
+        True, "last-stage mode: also cache the maps of each image turned 90 degrees, train on "
+        "both views and average their logits when scoring and predicting")
 
 
 @dataclass(frozen=True)
@@ -132,8 +134,6 @@ class RouteConfig:
         "margin", "acquisition function ranking cells for review", registry="strategy",
         choices=("margin", "entropy", "least-confidence", "bald", "coreset", "typiclust", "random"))
     budget: int = setting(20, "cells sent to review per round, at most", within="[0, inf]")
-    # 200 = ten rounds of the default budget, about half an hour of one annotator's time: a
-    # week of unattended nightly rounds cannot bury the annotators under a backlog.
     max_review: int = setting(
         200, "cap on the outstanding review queue (cells sent, not yet answered); a round routes "
         "at most min(budget, max_review - outstanding); 200 = ten rounds of the default budget",

@@ -30,8 +30,10 @@ def sslall(*args: object, cwd: Path | None = None, env: dict | None = None
                           text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
 
 
-def make_checkpoint(directory: Path, backbone: str, image_size: int, seed: int = 0) -> Path:
-    """A real checkpoint of a randomly initialised backbone and head (what a round writes)."""
+def make_checkpoint(directory: Path, backbone: str, image_size: int, seed: int = 0, *,
+                    turned_view: bool = False) -> Path:
+    """A real checkpoint of a randomly initialised backbone and head (what a round writes);
+    `turned_view`: one that averages the logits of each image and of it turned 90 degrees."""
     import torch
 
     from sslall.model._backbones import Classifier, create_backbone
@@ -43,7 +45,7 @@ def make_checkpoint(directory: Path, backbone: str, image_size: int, seed: int =
     model = Classifier(bb.module, MLPHead(bb.num_features, len(CLASSES), hidden=(8,)), bb.scales)
     meta = {"classes": list(CLASSES), "backbone": backbone, "image_size": image_size,
             "mean": list(bb.mean), "std": list(bb.std), "temperature": 1.5, "round": 1,
-            "feature_scales": 0}
+            "feature_scales": 0, "turned_view": turned_view}
     save_checkpoint(directory, {k: v.detach() for k, v in model.state_dict().items()}, meta)
     return directory
 

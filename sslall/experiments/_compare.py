@@ -162,7 +162,7 @@ def _one(config: Config, data: Labelled, name: str, train: list[int], val: list[
     import torch
 
     from sslall.decide._metrics import classification_metrics, softmax
-    from sslall.model._backbones import Classifier, create_backbone
+    from sslall.model._backbones import create_backbone
     from sslall.model._features import predict
     from sslall.model._learner import fit_learner
     from sslall.store._snapshot import Snapshot
@@ -179,7 +179,7 @@ def _one(config: Config, data: Labelled, name: str, train: list[int], val: list[
     passes = (len(train) * sum(learner.train_report["epochs_run"]) if learner.mode == "finetune"
               else len(rows))  # one pass of the (frozen part of the) backbone over the images
     temperature = learner.calibrate(learner.score(rows), snapshot).temperature
-    model = Classifier(learner.backbone.module, learner.head, learner.backbone.scales).eval()
+    model = learner.classifier().eval()
     samples = [(data.rows[i][0], data.rows[i][1]) for i in test]
     started = time.perf_counter()
     out = predict(model, samples, image_size=size, mean=learner.backbone.mean,

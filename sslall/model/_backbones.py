@@ -121,19 +121,38 @@ class BaselineCNN(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Backbone features followed by a head; `features` exposes the embeddings for kNN/k-center."""
+    """Backbone features followed by a head; `features` exposes the embeddings for kNN/k-center.
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, scales: int = 0) -> None:
+    With `turned_view` (a last-stage model trained on both views, `augment.turned_view`) the
+    logits are the mean of the image's and of the image turned 90 degrees; `features` stay the
+    upright view's.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, scales: int = 0,
+                 turned_view: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.scales = scales
+        self.turned_view = turned_view
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return pooled_features(self.backbone, x, self.scales)
 
+    def logits(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """The logits of images `x` (`features`: their `features(x)`, when already computed)."""
+        upright = self.head(self.features(x) if features is None else features)
+        if not self.turned_view:
+            return upright
+        return (upright + self.head(self.features(turn(x)))) / 2
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.logits(x)
+
+
+def turn(x: torch.Tensor) -> torch.Tensor:
+    """Images [N, C, H, W] turned 90 degrees: the second view of `augment.turned_view`."""
+    return torch.rot90(x, 1, (2, 3))
 
 
 def create_backbone(name: str, *, pretrained: bool, weights: str = "", scales: int = 0) -> Backbone:
@@ -187,7 +206,7 @@ def build_classifier_from_checkpoint(
     """Rebuild the `Classifier` a checkpoint was saved from (in eval mode) and load it strictly.
 
     The head's hidden sizes are read from the weight shapes; `meta["dropout"]` (default 0.2)
-    restores its dropout rate for MC dropout.
+    restores its dropout rate for MC dropout, `meta["turned_view"]` (default false) its views.
     """
     backbone = create_backbone(str(meta["backbone"]), pretrained=False,
                                scales=int(meta.get("feature_scales", 0)))
@@ -206,7 +225,7 @@ def build_classifier_from_checkpoint(
                        dropout=float(meta.get("dropout", 0.2)))
 
     head: nn.Module = new_head() if members == [-1] else EnsembleHead([new_head() for _ in members])
-    model = Classifier(backbone.module, head, backbone.scales)
+    model = Classifier(backbone.module, head, backbone.scales, bool(meta.get("turned_view", False)))
     _load_strict(model, state, f"checkpoint for {meta['backbone']}")
     return model.eval()
 

@@ -209,6 +209,8 @@ def _meta_problem(meta: dict[str, Any]) -> str | None:
     pixels = meta.get("max_pixels", 1)
     if not (isinstance(pixels, int) and not isinstance(pixels, bool) and pixels > 0):
         return f"max_pixels {pixels!r} is not a positive whole number"
+    if not isinstance(meta.get("turned_view", False), bool):
+        return f"turned_view {meta['turned_view']!r} is not true or false"
     if not isinstance(meta["classes"], list):
         return f"classes {meta['classes']!r} is not a list of class names"
     raw: dict[str, Any] = {"classes": meta["classes"]}

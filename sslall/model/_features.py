@@ -156,7 +156,7 @@ def predict(
     def forward(x: torch.Tensor) -> torch.Tensor:
         emb = model.features(x).float()
         with torch.autocast(x.device.type, enabled=False):  # logits in float32, not bf16
-            return torch.cat([emb, model.head(emb)], dim=1)
+            return torch.cat([emb, model.logits(x, emb).float()], dim=1)
 
     batches = _stream(model, dataset, batch_size, device, num_workers, forward=forward)
     with contextlib.closing(batches):

@@ -136,8 +136,9 @@ class Predictor:
         if not batch:
             return
         with torch.inference_mode():  # the round's embeddings: the same pooled features
-            emb = self.model.features(torch.stack([t for _, _, t in batch]).to(self.device))
-            logits = self.model.head(emb).cpu().numpy()
+            x = torch.stack([t for _, _, t in batch]).to(self.device)
+            emb = self.model.features(x)
+            logits = self.model.logits(x, emb).cpu().numpy()
         probs = softmax(logits, self.temperature)
         scores = flags = None
         if self.ood is not None:

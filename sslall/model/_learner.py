@@ -9,6 +9,9 @@ Three modes behind one face (`Learner`):
   CUDA); scoring then runs the fine-tuned backbone.
 In all, `Scores.embeddings` are the backbone's pooled features (in last-stage and finetune mode,
 those of the trained network), used by kNN agreement, coreset, TypiClust and the report.
+With `augment.turned_view`, last-stage mode also caches the maps of every image turned 90
+degrees: the last stage trains on both views and the logits are the mean of the two (rotation
+is a true symmetry of a smear, and flipping cached maps cannot stand in for it).
 """
 
 from __future__ import annotations
@@ -28,7 +31,14 @@ from sslall._progress import Progress
 from sslall.config import Config
 from sslall.decide._metrics import expected_calibration_error, fit_temperature, softmax
 from sslall.decide._scores import Scores
-from sslall.model._backbones import BASELINE_CNN, Backbone, Classifier, create_backbone, final_pool_only
+from sslall.model._backbones import (
+    BASELINE_CNN,
+    Backbone,
+    Classifier,
+    create_backbone,
+    final_pool_only,
+    turn,
+)
 from sslall.model._devices import one_cpu_thread, resolve_device, resolve_mode
 from sslall.model._distributed import Dist, gather_rows, shard_bounds
 from sslall.model._feature_cache import FeatureCache
@@ -83,7 +93,8 @@ class Learner:
     """A trained model for one round, in head, last-stage or finetune mode.
 
     `features` are the cached inputs of the snapshot's rows: pooled features (head mode) or the
-    frozen stages' flattened maps (last-stage mode, with `stage` the trained last stage).
+    frozen stages' flattened maps (last-stage mode, with `stage` the trained last stage);
+    `turned` the maps of the turned view (last-stage mode with `augment.turned_view`), or None.
     `history` has one entry per trained model (each head of an ensemble, the last stage, the
     finetuned network): its name, best epoch, seconds and per-epoch records (`epoch_record`).
     """
@@ -91,7 +102,7 @@ class Learner:
     def __init__(self, config: Config, backbone: Backbone, head: MLPHead, mode: str,
                  device: torch.device, features: np.ndarray | None, train_report: dict,
                  dist: Dist | None = None, stage: LastStage | None = None,
-                 history: list[dict] | None = None) -> None:
+                 history: list[dict] | None = None, turned: np.ndarray | None = None) -> None:
         self.config = config
         self.dist = dist
         self.backbone = backbone
@@ -102,6 +113,7 @@ class Learner:
         self.train_report = train_report
         self.stage = stage
         self.history = history or []
+        self.turned = turned
 
     def score(self, rows: Sequence[Sample], *, progress: Progress | None = None,
               mc_samples: int = 0) -> Scores:
@@ -116,9 +128,9 @@ class Learner:
             return _empty_scores(self)
         if self.mode != "finetune":
             embeddings = self._embeddings(self.features, progress, "score")
-            logits = head_logits(self.head, embeddings, self.device, cfg.train.batch_size * 8)
+            logits = self._logits(embeddings, self.turned, progress, "score")
         else:
-            classifier = Classifier(self.backbone.module, self.head, self.backbone.scales)
+            classifier = self.classifier()
             lo, hi = shard_bounds(len(rows), dist)
             out = predict(classifier, [(r.id, r.path) for r in rows[lo:hi]],
                           image_size=cfg.model.image_size, mean=self.backbone.mean,
@@ -154,17 +166,34 @@ class Learner:
         """
         cfg = self.config
         if self.mode != "finetune":
-            inputs = cached_inputs(cfg, self.backbone, self.stage, samples, cache_dir=cache_dir,
-                                   device=self.device, progress=progress, step="test")
-            embeddings = self._embeddings(inputs, progress, "test")
-            return head_logits(self.head, embeddings, self.device, cfg.train.batch_size * 8)
-        model = Classifier(self.backbone.module, self.head, self.backbone.scales)
+            views = [cached_inputs(cfg, self.backbone, self.stage, samples, cache_dir=cache_dir,
+                                   device=self.device, progress=progress, step="test", turned=view)
+                     for view in ([False, True] if self.turned is not None else [False])]
+            return self._logits(self._embeddings(views[0], progress, "test"),
+                                views[1] if len(views) > 1 else None, progress, "test")
+        model = self.classifier()
         out = predict(model, list(samples),
                       image_size=cfg.model.image_size, mean=self.backbone.mean,
                       std=self.backbone.std, batch_size=cfg.train.batch_size, device=self.device,
                       num_workers=cfg.train.num_workers, max_pixels=cfg.data.max_pixels,
                       progress=progress, step="test", preprocess=cfg.preprocess)
         return np.asarray(out.logits, dtype=np.float32)
+
+    def classifier(self) -> Classifier:
+        """The whole network (backbone + head), as a checkpoint saves it."""
+        return Classifier(self.backbone.module, self.head, self.backbone.scales,
+                          turned_view=self.turned is not None)
+
+    def _logits(self, embeddings: np.ndarray, turned: np.ndarray | None,
+                progress: Progress | None, step: str) -> np.ndarray:
+        """The head's logits of the upright embeddings, averaged with the turned view's."""
+        batch = self.config.train.batch_size * 8
+        logits = head_logits(self.head, embeddings, self.device, batch)
+        if turned is not None:
+            turned_logits = head_logits(self.head, self._embeddings(turned, progress, step),
+                                        self.device, batch)
+            logits = (logits + turned_logits) / 2
+        return logits
 
     def _embeddings(self, inputs: np.ndarray, progress: Progress | None, step: str) -> np.ndarray:
         """Pooled features of cached inputs: the inputs themselves in head mode."""
@@ -192,7 +221,7 @@ class Learner:
     def checkpoint(self, *, temperature: float, round_no: int, metrics: dict | None
                    ) -> tuple[dict[str, torch.Tensor], dict]:
         """State dict of backbone + head and the JSON sidecar describing it."""
-        model = Classifier(self.backbone.module, self.head, self.backbone.scales)
+        model = self.classifier()
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         cfg = self.config
         meta = {
@@ -201,7 +230,7 @@ class Learner:
             "std": list(self.backbone.std), "temperature": temperature, "round": round_no,
             "mode": self.mode, "head_hidden": list(cfg.train.head_hidden),
             "dropout": cfg.train.dropout, "weights_id": self.backbone.weights_id,
-            "feature_scales": self.backbone.scales,
+            "feature_scales": self.backbone.scales, "turned_view": self.turned is not None,
             "preprocess": dataclasses.asdict(cfg.preprocess),
             "metrics": metrics,
         }
@@ -237,11 +266,15 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
     common = dict(epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
                   weight_decay=cfg.train.weight_decay, class_balance=cfg.train.class_balance,
                   patience=cfg.train.patience, seed=seed, device=device)
-    features = None
+    features = turned = None
     if mode != "finetune":
-        features = cached_inputs(cfg, backbone, stage, [(r.id, r.path) for r in snapshot.rows],
-                                 cache_dir=cache_dir, device=device, dist=dist,
-                                 progress=progress, verify_ids=True)
+        samples = [(r.id, r.path) for r in snapshot.rows]
+        features = cached_inputs(cfg, backbone, stage, samples, cache_dir=cache_dir, device=device,
+                                 dist=dist, progress=progress, verify_ids=True)
+        if mode == "last-stage" and cfg.augment.turned_view:
+            turned = cached_inputs(cfg, backbone, stage, samples, cache_dir=cache_dir,
+                                   device=device, dist=dist, progress=progress, verify_ids=True,
+                                   turned=True)
         fault_point("features-done")
         if dist is not None and not dist.is_main:
             head = MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs)
@@ -256,8 +289,11 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
             members[-1].load_state_dict(results[-1].state)
         head = members[0] if len(members) == 1 else EnsembleHead(members)
     elif mode == "last-stage":
+        x = features[rows]
+        if turned is not None:  # both views of every training row
+            x, y, w = np.concatenate([x, turned[rows]]), np.tile(y, 2), np.tile(w, 2)
         head, result = train_last_stage(
-            stage, features[rows], y, w, features[holdout], y_all[holdout],
+            stage, x, y, w, features[holdout], y_all[holdout],
             num_classes=len(cfg.classes), lr=cfg.train.lr, hflip=cfg.augment.hflip,
             vflip=cfg.augment.vflip, max_epoch_rows=cfg.train.stage_epoch_rows, progress=progress,
             **head_kwargs, **common)
@@ -284,25 +320,30 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
     names = [mode] if len(results) == 1 else [f"head-{k + 1}" for k in range(len(results))]
     history = [{"model": name, "best_epoch": r.best_epoch, "seconds": round(r.seconds, 4),
                 "epochs": r.history} for name, r in zip(names, results, strict=True)]
-    return Learner(cfg, backbone, head, mode, device, features, report, dist, stage, history)
+    return Learner(cfg, backbone, head, mode, device, features, report, dist, stage, history,
+                   turned)
 
 
 def cached_inputs(config: Config, backbone: Backbone, stage: LastStage | None,
                   samples: Sequence[tuple[str, str]], *, cache_dir: Path, device: torch.device,
                   dist: Dist | None = None, progress: Progress | None = None, step: str = "features",
-                  verify_ids: bool = False) -> np.ndarray:
+                  verify_ids: bool = False, turned: bool = False) -> np.ndarray:
     """[N, D] float32 inputs of `samples` through the feature cache: the pooled features (head
-    mode, `stage` None) or the flattened maps before the last stage (last-stage mode);
-    `progress` is reported under `step`; `verify_ids` as in `extract_features`."""
+    mode, `stage` None) or the flattened maps before the last stage (last-stage mode; with
+    `turned`, those of the images turned 90 degrees); `progress` is reported under `step`;
+    `verify_ids` as in `extract_features`."""
     cfg = config
+    forward, kind = None, ""
     if stage is not None:
         stage.set_input_size(cfg.model.image_size)
+        forward, kind = stage.frozen_maps, "maps-before-last-stage"
+        if turned:
+            forward, kind = (lambda x: stage.frozen_maps(turn(x))), f"{kind}/turned-90"
     return extract_features(
         backbone, samples, image_size=cfg.model.image_size, cache=FeatureCache(cache_dir / "features"),
         batch_size=cfg.train.batch_size, device=device, dist=dist, num_workers=cfg.train.num_workers,
         max_pixels=cfg.data.max_pixels, progress=progress, step=step, preprocess=cfg.preprocess,
-        forward=stage.frozen_maps if stage is not None else None,
-        kind="maps-before-last-stage" if stage is not None else "", verify_ids=verify_ids,
+        forward=forward, kind=kind, verify_ids=verify_ids,
     )
 
 

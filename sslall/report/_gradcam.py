@@ -64,6 +64,17 @@ def target_layer(backbone: nn.Module) -> tuple[nn.Module, Callable | None]:
     return convs[-1], None
 
 
+class _Upright(nn.Module):
+    """A `Classifier`'s logits of the image as given (no turned view), for Grad-CAM."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self.model.features(x))
+
+
 class Explainer:
     """Grad-CAM overlays for one checkpoint."""
 
@@ -73,7 +84,8 @@ class Explainer:
         self.predictor = Predictor(checkpoint, device=device)
         model = self.predictor.model
         layer, reshape = target_layer(model.backbone)
-        self.cam = GradCAM(model=model, target_layers=[layer], reshape_transform=reshape)
+        # the upright view alone: a turned-view model's second pass would overwrite the maps
+        self.cam = GradCAM(model=_Upright(model), target_layers=[layer], reshape_transform=reshape)
         self.mean = np.asarray(self.predictor.meta["mean"], dtype=np.float32)
         self.std = np.asarray(self.predictor.meta["std"], dtype=np.float32)
 

@@ -82,6 +82,7 @@ SIDECAR: dict[str, tuple[dict, str]] = {
     "classes-one": ({"classes": ["L1"]}, "needs at least 2 classes"),
     "round-negative": ({"round": -1}, "round -1 is not a round number"),
     "backbone-a-number": ({"backbone": 7}, "backbone 7 is not a name"),
+    "turned-view-a-word": ({"turned_view": "yes"}, "turned_view 'yes' is not true or false"),
     "max-pixels-zero": ({"max_pixels": 0}, "max_pixels 0"),
     "preprocess-unknown-key": ({"preprocess": {"sharpen": True}},
                                "'preprocess.sharpen': unknown key"),

@@ -97,6 +97,17 @@ def test_a_timm_model_exported_gives_predictors_probabilities(
         assert graph_input.type == "tensor(uint8)" and graph_input.shape[1:] == [SIZE, SIZE, 3]
 
 
+def test_a_turned_view_model_exports_the_mean_of_both_views(
+        resnet: Path, images: list[Path], tmp_path: Path) -> None:
+    turned = make_checkpoint(tmp_path / "turned", "resnet18", SIZE, turned_view=True)
+    upright = np.stack([p.probs for p in Predictor(resnet).predict(images)])
+    expected = np.stack([p.probs for p in Predictor(turned).predict(images)])
+    assert np.abs(expected - upright).max() > 1e-3  # same weights: the second view is in play
+    export_checkpoint(turned, "onnx", tmp_path / "m.onnx")
+    batch = np.stack([readme_prepare()(str(p), SIZE) for p in images])
+    np.testing.assert_allclose(run_exported(tmp_path / "m.onnx", batch), expected, atol=1e-4, rtol=0)
+
+
 def test_a_model_with_preprocessing_carries_its_spec(tmp_path: Path) -> None:
     source = make_checkpoint(tmp_path / "plain", "baseline-cnn", SIZE)
     state, meta = load_checkpoint(source)

@@ -132,14 +132,17 @@ def test_rows_of_weight_zero_cannot_influence_training() -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("turned", [True, False])
 def test_last_stage_round_checkpoint_predicts_like_the_round(template_ws: Path,  # noqa: F811
-                                                             tmp_path: Path, runner) -> None:
+                                                             tmp_path: Path, runner,
+                                                             turned: bool) -> None:
     ws = copy_ws(template_ws, tmp_path)
     # fixed starting weights: random ones are drawn anew each round, and so are their maps
     write_safetensors(ws / "start.safetensors", _module("baseline-cnn").state_dict())
     config = ws / "sslall.toml"
     weights = f'pretrained = false\nweights = "{ws / "start.safetensors"}"'
-    config.write_text(config.read_text().replace("pretrained = false", weights))
+    config.write_text(config.read_text().replace("pretrained = false", weights)
+                      + f"\n[augment]\nturned_view = {str(turned).lower()}\n")
     result = invoke(runner, "round", "-w", ws, "--mode", "last-stage", "--json")
     assert result.exit_code == 0, result.stderr
     run = ws / "runs" / "round-0001"
@@ -147,7 +150,9 @@ def test_last_stage_round_checkpoint_predicts_like_the_round(template_ws: Path, 
     assert metrics["mode"] == "last-stage" and metrics["metrics"]["macro_f1"] is not None
     meta = json.loads((run / "model.json").read_text())
     assert meta["mode"] == "last-stage" and meta["feature_scales"] == 0
+    assert meta["turned_view"] is turned
     # the checkpoint is a whole-image model: its predictions match the round's, made from maps
+    # (with `turned`, the mean over both views: from images turned here, from maps there)
     import csv
 
     with (run / "predictions.csv").open() as handle:
@@ -160,6 +165,7 @@ def test_last_stage_round_checkpoint_predicts_like_the_round(template_ws: Path, 
     keys = [json.loads(m.read_text())["key"]["backbone"]
             for m in (ws / "cache" / "features").glob("*/meta.json")]
     assert any(k.endswith("/maps-before-last-stage") for k in keys)
+    assert any(k.endswith("/maps-before-last-stage/turned-90") for k in keys) is turned
     shards = sorted((ws / "cache" / "features").glob("*/*.ids"))
     result = invoke(runner, "round", "-w", ws, "--mode", "last-stage", "--json")
     assert result.exit_code == 0, result.stderr
@@ -193,3 +199,19 @@ def test_last_stage_of_an_unsupported_backbone_is_one_line(template_ws: Path,  #
     result = invoke(runner, "round", "-w", ws, "--mode", "last-stage")
     assert result.exit_code != 0
     assert "last-stage" in result.stderr and "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_turned_view_classifier_averages_the_image_and_the_image_turned_90_degrees() -> None:
+    from sslall.model._backbones import Classifier
+    from sslall.model._heads import MLPHead
+
+    module = _module("baseline-cnn").eval()
+    head = MLPHead(module.num_features, 3, hidden=(8,)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        upright = head(module(x))
+        turned = head(module(torch.rot90(x, 1, (2, 3))))
+        both = Classifier(module, head, turned_view=True)(x)
+        assert torch.allclose(both, (upright + turned) / 2, atol=1e-6)
+        assert torch.allclose(Classifier(module, head)(x), upright)
+        assert not torch.allclose(both, upright, atol=1e-4)

@@ -14,13 +14,14 @@ from sslall.model._backbones import BASELINE_CNN
 from sslall.report._gradcam import Explainer, target_layer
 
 
-@pytest.mark.parametrize(("backbone", "size", "layer"), [
-    ("test_resnet", 64, "layer4"), ("test_vit", 160, "blocks.5.norm1"),
-    (BASELINE_CNN, 32, "features.12"),
+@pytest.mark.parametrize(("backbone", "size", "layer", "turned"), [
+    ("test_resnet", 64, "layer4", False), ("test_vit", 160, "blocks.5.norm1", False),
+    (BASELINE_CNN, 32, "features.12", False),
+    (BASELINE_CNN, 32, "features.12", True),  # a last-stage model that averages two views
 ])
 def test_overlays_for_cnn_vit_and_baseline(tmp_path: Path, backbone: str, size: int,
-                                           layer: str) -> None:
-    ckpt = make_checkpoint(tmp_path / "ckpt", backbone, size)
+                                           layer: str, turned: bool) -> None:
+    ckpt = make_checkpoint(tmp_path / "ckpt", backbone, size, turned_view=turned)
     cell = write_image(tmp_path / "cell.png", 3, size=40)
     explainer = Explainer(ckpt)
     model = explainer.predictor.model
