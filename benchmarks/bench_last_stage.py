@@ -37,7 +37,7 @@ from sslall.config import Config
 from sslall.data._datasets import ImageDataset, eval_transform, make_loader
 from sslall.decide._metrics import classification_metrics
 from sslall.experiments._simulate import SimulationSpec, class_folders, initial_split
-from sslall.model._backbones import create_backbone
+from sslall.model._backbones import create_backbone, turn
 from sslall.model._devices import seeded
 from sslall.model._heads import MLPHead
 from sslall.model._last_stage import (
@@ -54,8 +54,10 @@ from sslall.store._sources import list_source
 DEFAULTS = Config(classes=("a", "b"))  # the round's training defaults
 
 
-def cached_maps(stage: LastStage, paths: list[str], size: int, mean, std, out: Path) -> np.ndarray:
-    """[N, C*H*W] float16 maps of every path, memory-mapped at `out` (computed when missing)."""
+def cached_maps(stage: LastStage, paths: list[str], size: int, mean, std, out: Path, *,
+                turned: bool = False) -> np.ndarray:
+    """[N, C*H*W] float16 maps of every path (`turned`: of each image turned 90 degrees),
+    memory-mapped at `out` (computed when missing)."""
     stage.set_input_size(size)
     if out.exists():
         return np.load(out, mmap_mode="r").reshape(len(paths), -1)
@@ -66,6 +68,7 @@ def cached_maps(stage: LastStage, paths: list[str], size: int, mean, std, out: P
     stage.module.eval()
     with torch.inference_mode():
         for x, idx in loader:
+            x = turn(x) if turned else x
             maps[idx.numpy()] = stage.frozen_maps(x).reshape(len(x), *stage.map_shape).numpy()
     maps.flush()
     out.with_suffix(".part").rename(out)
