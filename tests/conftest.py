@@ -45,7 +45,8 @@ def make_checkpoint(directory: Path, backbone: str, image_size: int, seed: int =
     model = Classifier(bb.module, MLPHead(bb.num_features, len(CLASSES), hidden=(8,)), bb.scales)
     meta = {"classes": list(CLASSES), "backbone": backbone, "image_size": image_size,
             "mean": list(bb.mean), "std": list(bb.std), "temperature": 1.5, "round": 1,
-            "feature_scales": 0, "turned_view": turned_view}
+            "feature_scales": 0,
+            **({"turned_view": True} if turned_view else {})}  # absent: as before the key existed
     save_checkpoint(directory, {k: v.detach() for k, v in model.state_dict().items()}, meta)
     return directory
 

@@ -37,9 +37,10 @@ GOLDEN_CACHE_META = {"format": 1, "key": {"backbone": "BaselineCNN/d128", "trans
 # what a round of baseline-cnn at 32 px stores (its mean and std are 0.5)
 GOLDEN_ROUND_KEY = {"backbone": "BaselineCNN/d128", "transform": "eval-v1/rgb-v1/shorter-side+"
                     "centre-crop/size=32/mean=0.5,0.5,0.5/std=0.5,0.5,0.5"}
+# + "turned_view" (2026-12-02, added; a checkpoint without it loads as false)
 GOLDEN_MODEL_JSON = ["backbone", "classes", "dropout", "feature_scales", "format_version",
                      "head_hidden", "image_size", "mean", "metrics", "mode", "preprocess", "round",
-                     "std", "temperature", "weights_id", "weights_sha256"]
+                     "std", "temperature", "turned_view", "weights_id", "weights_sha256"]
 GOLDEN_BACKBONE_STATE = [f"backbone.features.{i}.weight" for i in (0, 4, 8, 12)] + [
     f"backbone.features.{i}.{p}" for i in (1, 5, 9, 13)
     for p in ("bias", "num_batches_tracked", "running_mean", "running_var", "weight")]
