@@ -167,7 +167,8 @@ class Learner:
         cfg = self.config
         if self.mode != "finetune":
             views = [cached_inputs(cfg, self.backbone, self.stage, samples, cache_dir=cache_dir,
-                                   device=self.device, progress=progress, step="test", turned=view)
+                                   device=self.device, progress=progress, turned=view,
+                                   step="test, turned" if view else "test")
                      for view in ([False, True] if self.turned is not None else [False])]
             return self._logits(self._embeddings(views[0], progress, "test"),
                                 views[1] if len(views) > 1 else None, progress, "test")
@@ -190,7 +191,7 @@ class Learner:
         batch = self.config.train.batch_size * 8
         logits = head_logits(self.head, embeddings, self.device, batch)
         if turned is not None:
-            turned_logits = head_logits(self.head, self._embeddings(turned, progress, step),
+            turned_logits = head_logits(self.head, self._embeddings(turned, progress, f"{step}, turned"),
                                         self.device, batch)
             logits = (logits + turned_logits) / 2
         return logits
@@ -274,7 +275,7 @@ def fit_learner(config: Config, snapshot: Snapshot, *, cache_dir: Path, seed: in
         if mode == "last-stage" and cfg.augment.turned_view:
             turned = cached_inputs(cfg, backbone, stage, samples, cache_dir=cache_dir,
                                    device=device, dist=dist, progress=progress, verify_ids=True,
-                                   turned=True)
+                                   turned=True, step="features, turned")
         fault_point("features-done")
         if dist is not None and not dist.is_main:
             head = MLPHead(backbone.num_features, len(cfg.classes), **head_kwargs)
