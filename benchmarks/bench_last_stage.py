@@ -75,6 +75,16 @@ def cached_maps(stage: LastStage, paths: list[str], size: int, mean, std, out: P
     return np.load(out, mmap_mode="r").reshape(len(paths), -1)
 
 
+def pbc_split(root: Path, *, quick: bool) -> tuple[Path, Path]:
+    """(the benchmark's folder under `root`, bench_simulate's pbc-128 split in it), split once."""
+    here = root / ("pbc-quick" if quick else "pbc")
+    data = here / "data"
+    if not (data / "test").is_dir():
+        shutil.rmtree(data, ignore_errors=True)
+        split(data_root() / "pbc-128", data, per_class=24 if quick else None)
+    return here, data
+
+
 def rows_of(maps: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.asarray(maps[np.sort(rows)], dtype=np.float32)
 
@@ -179,11 +189,7 @@ def main() -> int:
     all_epochs = 2 if args.quick else args.all_epochs
     seeds = args.seeds[:1] if args.quick else args.seeds
     with work_folder(args.keep, "last-stage") as root:
-        here = root / ("pbc-quick" if args.quick else "pbc")
-        data = here / "data"
-        if not (data / "test").is_dir():
-            shutil.rmtree(data, ignore_errors=True)
-            split(data_root() / "pbc-128", data, per_class=24 if args.quick else None)
+        here, data = pbc_split(root, quick=args.quick)
         classes = class_folders(data / "train")
         train_entries = list_source(data / "train", "labeled", classes)
         test_entries = list_source(data / "test", "labeled", classes)

@@ -17,14 +17,13 @@ Both sets of maps are extracted once under --keep (`bench_last_stage.cached_maps
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from _report import data_root, emit, table, work_folder, write_section
-from bench_last_stage import DEFAULTS, cached_maps
+from _report import emit, table, work_folder, write_section
+from bench_last_stage import DEFAULTS, cached_maps, pbc_split
 from bench_simulate import split
 
 from sslall.config import Config
@@ -46,11 +45,7 @@ def main() -> int:
     size, t = 224, DEFAULTS.train
     seeds = args.seeds[:1] if args.quick else args.seeds
     with work_folder(args.keep, "turned-view") as root:
-        here = root / ("pbc-quick" if args.quick else "pbc")
-        data = here / "data"
-        if not (data / "test").is_dir():
-            shutil.rmtree(data, ignore_errors=True)
-            split(data_root() / "pbc-128", data, per_class=24 if args.quick else None)
+        here, data = pbc_split(root, quick=args.quick)
         part = data if args.split == "data" else here / "choose"
         if not (part / "test").is_dir():
             split(data / "train", part, seed=1)
