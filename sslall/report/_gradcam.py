@@ -84,7 +84,8 @@ class Explainer:
         self.predictor = Predictor(checkpoint, device=device)
         model = self.predictor.model
         layer, reshape = target_layer(model.backbone)
-        # the upright view alone: a turned-view model's second pass would overwrite the maps
+        # the upright view alone, explicitly: with a turned-view model's two passes the layer's
+        # activations are recorded twice, and which pair pytorch-grad-cam uses is its list order
         self.cam = GradCAM(model=_Upright(model), target_layers=[layer], reshape_transform=reshape)
         self.mean = np.asarray(self.predictor.meta["mean"], dtype=np.float32)
         self.std = np.asarray(self.predictor.meta["std"], dtype=np.float32)
