@@ -14,12 +14,17 @@ Each backbone writes its own BENCHMARKS.md section (`backbone-NAME`).
     python benchmarks/bench_backbone.py --backbones tf_efficientnet_lite1 --keep /tmp/bbb
     python benchmarks/bench_backbone.py --sets pbc --modes last-stage --seeds 0
     python benchmarks/bench_backbone.py --quick                 # 24 images per class
+
+With --keep, each backbone, set and mode's figures are saved there and reused by a later run
+with the same seeds, fraction and image size, so the measurements can be taken in pieces and
+one last run writes the sections from all of them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -78,6 +83,25 @@ def simulate(train: Path, test: Path, *, backbone: str, mode: str, size: int, se
     return json.loads(report.read_text()), seconds
 
 
+def run_seeds(train: Path, test: Path, *, backbone: str, mode: str, size: int,
+              args: argparse.Namespace, cache: Path, runs: Path) -> dict:
+    """One backbone and mode over the chosen seeds: the figures of its row."""
+    done = [simulate(train, test, backbone=backbone, mode=mode, size=size, seed=seed,
+                     fraction=args.fraction, cache=cache, work=runs / f"{backbone}-{mode}-s{seed}")
+            for seed in args.seeds]
+    base = [r["baselines"] for r, _ in done]
+    return {
+        "mode": mode, "image_size": size, "seeds": args.seeds,
+        "start_labels": [b["supervised_same_labels"]["labels"] for b in base],
+        "all_labels": [b["supervised_all_labels"]["labels"] for b in base],
+        "macro_f1_start": [b["supervised_same_labels"]["macro_f1"] for b in base],
+        "macro_f1_all": [b["supervised_all_labels"]["macro_f1"] for b in base],
+        "macro_f1_loop_round1": [r["rounds"][-1]["test"]["macro_f1"] for r, _ in done],
+        "seconds": [s for _, s in done],
+        "load_average": list(os.getloadavg()),
+    }
+
+
 def measure(backbone: str, args: argparse.Namespace, root: Path) -> tuple[str, list[dict]]:
     """Markdown for one backbone over the chosen sets and modes, and the figures behind it."""
     rows, out = [], []
@@ -90,21 +114,15 @@ def measure(backbone: str, args: argparse.Namespace, root: Path) -> tuple[str, l
         train, test = here / "data" / "train", here / "data" / "test"
         speed, size = images_per_s(backbone, train, args.image_size, 64 if args.quick else 256)
         for mode in args.modes:
-            runs = [simulate(train, test, backbone=backbone, mode=mode, size=size, seed=seed,
-                             fraction=args.fraction, cache=here / "cache",
-                             work=here / "runs" / f"{backbone}-{mode}-s{seed}")
-                    for seed in args.seeds]
-            base = [r["baselines"] for r, _ in runs]
-            figures = {
-                "set": name, "mode": mode, "image_size": size, "images_per_s": speed,
-                "seeds": args.seeds,
-                "start_labels": [b["supervised_same_labels"]["labels"] for b in base],
-                "all_labels": [b["supervised_all_labels"]["labels"] for b in base],
-                "macro_f1_start": [b["supervised_same_labels"]["macro_f1"] for b in base],
-                "macro_f1_all": [b["supervised_all_labels"]["macro_f1"] for b in base],
-                "macro_f1_loop_round1": [r["rounds"][-1]["test"]["macro_f1"] for r, _ in runs],
-                "seconds": [s for _, s in runs],
-            }
+            saved = here / "results" / f"{backbone}-{mode}-{size}px-{args.fraction:g}.json"
+            figures = json.loads(saved.read_text()) if saved.is_file() else None
+            if figures is None or figures["seeds"] != args.seeds:
+                figures = run_seeds(train, test, backbone=backbone, mode=mode, size=size,
+                                    args=args, cache=here / "cache", runs=here / "runs")
+                figures["set"] = name
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                saved.write_text(json.dumps(figures, indent=1))
+            figures["images_per_s"] = speed  # measured by this run, side by side with the others
             out.append(figures)
             rows.append([SETS[name], mode, size, round(float(np.mean(figures["start_labels"]))),
                          mean_sd(figures["macro_f1_start"]), figures["all_labels"][0],

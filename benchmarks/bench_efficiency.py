@@ -6,16 +6,22 @@ engine on the splits `bench_simulate.split` makes (a stratified 20 % test set, s
 - `fractions` (5a): `sslall simulate --baselines` from 1 %, 5 % and 10 % starting labels, per seed:
   the loop (SSL + active learning) against the same backbone and head trained without pseudo
   labels on the starting labels, on the labels the loop's last round had, and on every label.
-- `strategies` (5b): every acquisition strategy against random at the same budget, and the
-  labels each needs before the test macro-F1 reaches 95 % of the all-labels baseline of its seed.
+- `strategies` (5b): every acquisition strategy against random at the same budget, the labels
+  each needs before the test macro-F1 reaches 95 % of the all-labels baseline of its seed, and
+  the area under its label-efficiency curve (AULC).
+- `policies` (issue 16): each pseudo-label policy in the loop, with its pseudo-label precision
+  and coverage, against supervised training on the loop's final human labels.
 - `thresholds` (5c): one round-1 model per seed, then pseudo-label precision and coverage of the
   unlabeled pool at thresholds 0.7-0.99, fixed vs adaptive policy, with and without the kNN
   filter (`sslall.decide._route.decide_pseudo_labels`, the round's own selection code).
 
-Head mode, features cached per data set under --keep (the first run of a set extracts them).
+`--mode` picks the model mode (default head, the mode of the sections before issue 16; `auto`
+is what a CPU runs by default, last-stage). Features or maps are cached per data set under --keep
+(the first run of a set extracts them).
 
     python benchmarks/bench_efficiency.py --keep /tmp/beff                  # all parts, both sets
     python benchmarks/bench_efficiency.py --parts thresholds --sets taleqani --keep /tmp/beff
+    python benchmarks/bench_efficiency.py --parts strategies policies --mode auto --keep /tmp/beff
     python benchmarks/bench_efficiency.py --quick                           # 24 images/class
 """
 
@@ -49,11 +55,17 @@ SETS = {
 FRACTIONS = (0.01, 0.05, 0.10)
 STRATEGIES = ("random", "margin", "least-confidence", "entropy", "bald", "coreset", "typiclust")
 THRESHOLDS = (0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99)
-ABOUT = ("Head mode: frozen tf_efficientnet_lite0 (offline ImageNet weights), multi-scale "
-         "features, an ensemble of 5 MLP heads; default config otherwise (threshold 0.9, fixed "
-         "policy, margin strategy, kNN filter on). Test = a stratified 20 % of the data set "
-         "(split seed 0) that the loop never sees. Starting labels include the 30 % kept as the "
-         "holdout.")
+POLICIES = ("fixed", "adaptive", "propagation")
+MODEL = {
+    "head": "Head mode: frozen tf_efficientnet_lite0 (offline ImageNet weights), multi-scale "
+            "features, an ensemble of 5 MLP heads",
+    "last-stage": "Last-stage mode (what `auto` runs on a CPU): tf_efficientnet_lite0 (offline "
+                  "ImageNet weights) frozen up to its last stage, the last stage and a head "
+                  "trained on the cached maps of each cell upright and turned 90°, 224 px",
+}
+ABOUT = ("; default config otherwise (threshold 0.9, fixed policy, margin strategy, kNN filter "
+         "on). Test = a stratified 20 % of the data set (split seed 0) that the loop never sees. "
+         "Starting labels include the 30 % kept as the holdout.")
 
 
 def mean_sd(values: list[float]) -> str:
@@ -65,8 +77,10 @@ def mean_sd(values: list[float]) -> str:
 class Runner:
     """`sslall simulate` subprocesses whose JSON reports are kept and reused by their arguments."""
 
-    def __init__(self, root: Path, name: str, quick: bool) -> None:
+    def __init__(self, root: Path, name: str, quick: bool, mode: str = "head") -> None:
         self.ds = SETS[name]
+        self.mode = "last-stage" if mode == "auto" else mode  # auto on a CPU, with lite0
+        self.image_size = self.ds.image_size if self.mode == "head" else None
         self.root = root / name
         self.cache = self.root / "cache"
         data = self.root / "data"
@@ -74,11 +88,18 @@ class Runner:
             shutil.rmtree(data, ignore_errors=True)
             split(data_root() / self.ds.folder, data, per_class=24 if quick else None)
         self.train, self.test = data / "train", data / "test"
+        self.n_train = sum(1 for f in self.train.rglob("*") if f.is_file())
         self.rounds = 2 if quick else self.ds.rounds
 
+    @property
+    def about(self) -> str:
+        return MODEL[self.mode] + ABOUT
+
     def simulate(self, *, fraction: float, seed: int, strategy: str = "margin",
-                 baselines: bool = False) -> dict:
+                 baselines: bool = False, policy: str = "fixed") -> dict:
         key = f"f{fraction}-{strategy}-r{self.rounds}-b{self.ds.budget}-s{seed}"
+        key += "" if policy == "fixed" else f"-{policy}"
+        key += "" if self.mode == "head" else f"-{self.mode}"
         report = self.root / "runs" / f"{key}.json"
         if report.exists():
             found = json.loads(report.read_text())
@@ -90,8 +111,8 @@ class Runner:
         cmd = [*sslall_exe(), "-q", "simulate", str(self.train), "--test-dir", str(self.test),
                "--label-fraction", str(fraction), "--rounds", str(self.rounds),
                "--budget", str(self.ds.budget), "--strategy", strategy,
-               *(["--image-size", str(self.ds.image_size)] if self.ds.image_size else []),
-               "--mode", "head", "--seed", str(seed), "--work", str(work),
+               *(["--image-size", str(self.image_size)] if self.image_size else []),
+               "--mode", self.mode, "--policy", policy, "--seed", str(seed), "--work", str(work),
                "--cache", str(self.cache), "--out", str(report),
                *(["--baselines"] if baselines else [])]
         print(" ".join(cmd[2:]), flush=True)
@@ -105,6 +126,27 @@ def labels_used(row: dict) -> int:
     return row["labeled"] + row["holdout"]
 
 
+def coverage(row: dict, n_train: int) -> float:
+    """Share of the cells without a human label that hold a pseudo label after the round."""
+    return row["pseudo"] / max(n_train - labels_used(row), 1)
+
+
+def aulc(report: dict) -> float:
+    """Area under the label-efficiency curve (test macro-F1 against human labels, one point per
+    round), divided by the span of labels: the mean macro-F1 over the labels spent."""
+    labels = np.array([labels_used(r) for r in report["rounds"]], dtype=float)
+    f1 = np.array([r["test"]["macro_f1"] for r in report["rounds"]])
+    span = labels[-1] - labels[0]
+    area = float(np.sum((f1[1:] + f1[:-1]) / 2 * np.diff(labels)))  # the trapezoid rule
+    return float(f1[0]) if span <= 0 else area / span
+
+
+def loop_minus_final(report: dict) -> float:
+    """The loop's last macro-F1 minus supervised training on the same final human labels."""
+    return (report["rounds"][-1]["test"]["macro_f1"]
+            - report["baselines"]["supervised_final_labels"]["macro_f1"])
+
+
 def part_fractions(runner: Runner, seeds: list[int]) -> tuple[str, list[dict]]:
     out, rows = [], []
     for fraction in FRACTIONS:
@@ -114,13 +156,14 @@ def part_fractions(runner: Runner, seeds: list[int]) -> tuple[str, list[dict]]:
         start = [labels_used(r["rounds"][0]) for r in reports]
         final = [labels_used(x) for x in last]
         precision = [x["pseudo_precision"] for x in last if x["pseudo_precision"] is not None]
+        gain = [loop_minus_final(r) for r in reports if "supervised_final_labels" in r["baselines"]]
         out.append({"fraction": fraction, "seeds": seeds, "start_labels": start,
                     "final_labels": final, "loop": [x["test"]["macro_f1"] for x in last],
-                    "baselines": base, "precision": precision})
+                    "baselines": base, "precision": precision, "loop_minus_final": gain})
         rows.append([f"{fraction:.0%}", round(float(np.mean(start))), round(float(np.mean(final))),
                      mean_sd(out[-1]["loop"]), mean_sd(precision),
                      mean_sd(base["supervised_same_labels"]),
-                     mean_sd(base.get("supervised_final_labels", [])),
+                     mean_sd(base.get("supervised_final_labels", [])), mean_sd(gain),
                      mean_sd(base["supervised_all_labels"]),
                      reports[0]["baselines"]["supervised_all_labels"]["labels"]])
     text = "\n".join([
@@ -131,7 +174,7 @@ def part_fractions(runner: Runner, seeds: list[int]) -> tuple[str, list[dict]]:
         "training label.", "",
         table(["start", "labels at start", "labels at last round", "SSL + AL macro-F1",
                "pseudo precision", "supervised, same labels", "supervised, final labels",
-               "supervised, all labels", "all labels"], rows), ""])
+               "loop minus final", "supervised, all labels", "all labels"], rows), ""])
     return text, out
 
 
@@ -150,10 +193,13 @@ def part_strategies(runner: Runner, seeds: list[int]) -> tuple[str, list[dict]]:
             needed.append(hit[0] if hit else None)
         f1 = [r["rounds"][-1]["test"]["macro_f1"] for r in reports]
         reached = [n for n in needed if n is not None]
-        out.append({"strategy": strategy, "macro_f1": f1, "labels_to_95pct": needed})
-        rows.append([strategy, mean_sd(f1),
+        area = [aulc(r) for r in reports]
+        covered = [coverage(r["rounds"][-1], runner.n_train) for r in reports]
+        out.append({"strategy": strategy, "macro_f1": f1, "labels_to_95pct": needed,
+                    "aulc": area, "coverage": covered})
+        rows.append([strategy, mean_sd(f1), mean_sd(area),
                      mean_sd([r["rounds"][-1]["pseudo_precision"] or 0.0 for r in reports]),
-                     f"{len(reached)}/{len(seeds)}",
+                     mean_sd(covered), f"{len(reached)}/{len(seeds)}",
                      f"{np.mean(reached):.0f}" if reached else "-"])
     goal = np.mean([0.95 * all_labels[s]["macro_f1"] for s in seeds])
     most = labels_used(reports[0]["rounds"][-1])
@@ -163,9 +209,41 @@ def part_strategies(runner: Runner, seeds: list[int]) -> tuple[str, list[dict]]:
         f"95 % of the all-labels macro-F1 is {goal:.3f} on average over the seeds "
         "(each seed is held to its own all-labels baseline); \"labels to 95 %\" counts the human "
         "labels (holdout included) of the first round whose model reaches it, averaged over the "
-        "seeds that reach it.", "",
-        table(["strategy", "macro-F1 after the last round", "pseudo precision",
-               "seeds reaching 95 %", "labels to 95 %"], rows), ""])
+        "seeds that reach it. AULC = the area under test macro-F1 against human labels (one "
+        "point per round) over the span of labels, i.e. the mean macro-F1 along the way; "
+        "coverage = the share of cells without a human label that hold a pseudo label after the "
+        "last round.", "",
+        table(["strategy", "macro-F1 after the last round", "AULC", "pseudo precision",
+               "coverage", "seeds reaching 95 %", "labels to 95 %"], rows), ""])
+    return text, out
+
+
+def part_policies(runner: Runner, seeds: list[int]) -> tuple[str, list[dict]]:
+    fraction = runner.ds.start_fraction
+    out, rows = [], []
+    for policy in POLICIES:
+        reports = [runner.simulate(fraction=fraction, seed=s, baselines=True, policy=policy)
+                   for s in seeds]
+        per_round = [[(x["pseudo_precision"], coverage(x, runner.n_train)) for x in r["rounds"]]
+                     for r in reports]
+        precision = [p for rounds in per_round for p, _ in rounds if p is not None]
+        f1 = [r["rounds"][-1]["test"]["macro_f1"] for r in reports]
+        gain = [loop_minus_final(r) for r in reports]
+        last_cov = [rounds[-1][1] for rounds in per_round]
+        out.append({"policy": policy, "macro_f1": f1, "loop_minus_final": gain,
+                    "precision_coverage_per_round": per_round})
+        rows.append([policy, mean_sd(f1), mean_sd(gain), mean_sd(precision),
+                     f"{min(precision):.3f}" if precision else "-", mean_sd(last_cov)])
+    text = "\n".join([
+        f"From {fraction:.0%} starting labels, {runner.rounds} rounds of {runner.ds.budget} oracle "
+        f"labels, seeds {seeds}, margin strategy; only `pseudo.policy` changes. \"Loop minus "
+        "final\" = the loop's last macro-F1 minus the same backbone and mode trained without pseudo "
+        "labels on the loop's final human labels (per seed). Precision = share of the pseudo "
+        "labels that are right, over every round and seed (mean ± sd, and the lowest); coverage "
+        "= share of the cells without a human label that hold a pseudo label after the last "
+        "round.", "",
+        table(["policy", "macro-F1 after the last round", "loop minus final",
+               "pseudo precision (rounds)", "lowest", "coverage"], rows), ""])
     return text, out
 
 
@@ -178,7 +256,7 @@ def part_thresholds(runner: Runner, seeds: list[int]) -> tuple[str, list[dict]]:
     from sslall.store._snapshot import take_snapshot
 
     base = Config(classes=("a", "b"))
-    base = with_overrides(base, model={"mode": "head", "image_size": runner.ds.image_size})
+    base = with_overrides(base, model={"mode": runner.mode, "image_size": runner.image_size})
     out: list[dict] = []
     for seed in seeds:
         with work_folder(None, "thresholds") as work:
@@ -233,10 +311,12 @@ def part_thresholds(runner: Runner, seeds: list[int]) -> tuple[str, list[dict]]:
     return text, out
 
 
-PARTS = {"fractions": part_fractions, "strategies": part_strategies, "thresholds": part_thresholds}
+PARTS = {"fractions": part_fractions, "strategies": part_strategies, "thresholds": part_thresholds,
+         "policies": part_policies}
 TITLES = {"fractions": "Label efficiency at 1 %, 5 % and 10 % labels on {folder}",
           "strategies": "Acquisition strategies vs random on {folder}",
-          "thresholds": "Pseudo-label threshold sweep on {folder}"}
+          "thresholds": "Pseudo-label threshold sweep on {folder}",
+          "policies": "Pseudo-label policies in the loop on {folder}"}
 
 
 def main() -> int:
@@ -244,19 +324,23 @@ def main() -> int:
     ap.add_argument("--sets", nargs="+", choices=sorted(SETS), default=["taleqani", "pbc"])
     ap.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=list(PARTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--mode", choices=("head", "last-stage", "auto"), default="head",
+                    help="model mode (auto: what a CPU runs by default, last-stage)")
     ap.add_argument("--quick", action="store_true", help="24 images per class, 2 rounds")
     ap.add_argument("--keep", type=Path, help="keep splits, caches and reports here (and reuse them)")
     args = ap.parse_args()
     results: dict = {}
     with work_folder(args.keep, "efficiency") as root:
         for name in args.sets:
-            runner = Runner(root, name, args.quick)
+            runner = Runner(root, name, args.quick, args.mode)
+            suffix = "" if runner.mode == "head" else f"-{runner.mode}"
             for part in args.parts:
                 text, figures = PARTS[part](runner, args.seeds)
                 results[f"{part}-{name}"] = figures
-                write_section(f"efficiency-{part}-{name}",
-                              TITLES[part].format(folder=runner.ds.folder),
-                              f"{ABOUT}\n\n{text}", quick=args.quick)
+                title = TITLES[part].format(folder=runner.ds.folder)
+                write_section(f"efficiency-{part}-{name}{suffix}",
+                              title + ("" if runner.mode == "head" else f", {runner.mode} mode"),
+                              f"{runner.about}\n\n{text}", quick=args.quick)
     emit({"benchmark": "efficiency", "results": results})
     return 0
 
