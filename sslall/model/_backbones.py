@@ -141,10 +141,13 @@ class Classifier(nn.Module):
 
     def logits(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         """The logits of images `x` (`features`: their `features(x)`, when already computed)."""
-        upright = self.head(self.features(x) if features is None else features)
-        if not self.turned_view:
-            return upright
-        return (upright + self.head(self.features(turn(x)))) / 2
+        turned = self.features(turn(x)) if self.turned_view else None
+        return self.head_logits(self.features(x) if features is None else features, turned)
+
+    def head_logits(self, features: torch.Tensor, turned: torch.Tensor | None = None) -> torch.Tensor:
+        """The head's logits of upright `features`, averaged with those of the `turned` view's."""
+        upright = self.head(features)
+        return upright if turned is None else (upright + self.head(turned)) / 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x)

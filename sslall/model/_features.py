@@ -26,7 +26,7 @@ from sslall.config import PreprocessConfig
 from sslall.data._datasets import ImageDataset, eval_transform, make_loader, transform_key
 from sslall.decide._scores import Scores
 from sslall.errors import ModelError
-from sslall.model._backbones import Backbone, Classifier
+from sslall.model._backbones import Backbone, Classifier, turn
 from sslall.model._distributed import Dist, broadcast, gather_rows, shard_bounds
 from sslall.model._feature_cache import FeatureCache, FeatureSet
 from sslall.model._heads import head_sizes
@@ -155,8 +155,9 @@ def predict(
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         emb = model.features(x).float()
-        with torch.autocast(x.device.type, enabled=False):  # logits in float32, not bf16
-            return torch.cat([emb, model.logits(x, emb).float()], dim=1)
+        turned = model.features(turn(x)).float() if model.turned_view else None
+        with torch.autocast(x.device.type, enabled=False):  # the head in float32, not bf16
+            return torch.cat([emb, model.head_logits(emb, turned).float()], dim=1)
 
     batches = _stream(model, dataset, batch_size, device, num_workers, forward=forward)
     with contextlib.closing(batches):

@@ -220,6 +220,24 @@ def test_predict_logits_embeddings_and_mc(tmp_path, backbone):
     assert scores.mc_probs.shape == (4, 5, 3)
 
 
+def test_predict_with_the_turned_view_averages_both_views_and_keeps_upright_embeddings(
+        tmp_path, backbone):
+    samples = _images(tmp_path / "img", 3)
+    torch.manual_seed(0)
+    model = Classifier(backbone.module, MLPHead(backbone.num_features, 3, hidden=(16,)),
+                       turned_view=True).eval()
+    scores = predict(model, samples, image_size=32, mean=backbone.mean, std=backbone.std)
+    to_tensor = eval_transform(32, backbone.mean, backbone.std)
+    x = torch.stack([to_tensor(load_rgb(p, max_pixels=10**6)) for _, p in samples])
+    with torch.inference_mode():
+        upright = model.features(x)
+        both = model(x).numpy()
+    np.testing.assert_allclose(scores.logits, both, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores.embeddings, upright.numpy(), rtol=1e-4, atol=1e-4)
+    with torch.inference_mode():
+        assert not np.allclose(both, model.head(upright).numpy(), atol=1e-4)
+
+
 def test_mc_dropout_probs():
     torch.manual_seed(0)
     head = MLPHead(8, 3, hidden=(32,), dropout=0.5).eval()
