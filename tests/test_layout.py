@@ -16,6 +16,7 @@ LAYERS = [
     ("sslall.errors",),
     ("sslall._settings", "sslall._fsutil", "sslall._faults", "sslall._progress", "sslall._workers",
      "sslall._keychecks"),
+    ("sslall._config_sections",),
     ("sslall.config",),
     ("sslall._schema",),
     ("sslall.data",),
