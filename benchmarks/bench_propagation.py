@@ -23,8 +23,8 @@ from sslall.config import Config
 from sslall.decide._metrics import fit_temperature, softmax
 from sslall.decide._propagation import PropagationParams, certainty, propagate_labels
 from sslall.model._backbones import create_backbone
-from sslall.model._heads import EnsembleHead, MLPHead
-from sslall.model._learner import cached_inputs, head_hidden, head_logits
+from sslall.model._heads import EnsembleHead, MLPHead, head_hidden, head_logits
+from sslall.model._learner import cached_inputs
 from sslall.model._train import train_head
 
 root = Path(sys.argv[1])  # .../pbc

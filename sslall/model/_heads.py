@@ -1,18 +1,22 @@
 """Heads on backbone features: the MLP head and an ensemble of heads.
 
 `MLPHead` is the seeds' "two FC-64 layers"; its dropout stays in the module so MC dropout (BALD)
-is `head.train()`. `EnsembleHead` averages several heads' probabilities. Pure torch: no timm.
+is `head.train()`. `EnsembleHead` averages several heads' probabilities. `head_logits` and
+`head_hidden` run a head over cached feature rows in batches. Pure torch: no timm.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
+import numpy as np
 import torch
 from torch import nn
 
 from sslall.errors import ModelError
+from sslall.model._devices import one_cpu_thread
 
 __all__ = ["EnsembleHead", "MLPHead", "head_sizes", "hidden_features"]
 
@@ -88,3 +92,28 @@ def hidden_features(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(head, MLPHead):
         return head.layers[:-1](x)
     raise TypeError(f"no hidden layer to read in {type(head).__name__}")
+
+
+def head_logits(head: nn.Module, features: np.ndarray, device: torch.device, batch: int
+                 ) -> np.ndarray:
+    """The head's logits [N, C] of features [N, D], in batches, on one CPU thread."""
+    return _head_batches(head, head, features, device, batch, head_sizes(head)[1])
+
+
+def head_hidden(head: nn.Module, features: np.ndarray, device: torch.device, batch: int
+                ) -> np.ndarray:
+    """The head's last hidden layer [N, H] of features [N, D] (`hidden_features`), in batches."""
+    width = sum(h.hidden[-1] if h.hidden else head_sizes(h)[0]
+                for h in (head.members if isinstance(head, EnsembleHead) else [head]))
+    return _head_batches(head, lambda x: hidden_features(head, x), features, device, batch, width)
+
+
+def _head_batches(head: torch.nn.Module, fn: Callable[[torch.Tensor], torch.Tensor],
+                  features: np.ndarray, device: torch.device, batch: int, width: int) -> np.ndarray:
+    head = head.to(device).eval()
+    out = []
+    with torch.inference_mode(), one_cpu_thread() if device.type == "cpu" else nullcontext():
+        for start in range(0, len(features), batch):
+            chunk = torch.as_tensor(np.asarray(features[start:start + batch]), device=device)
+            out.append(fn(chunk.float()).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, width), np.float32)

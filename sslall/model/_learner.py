@@ -17,8 +17,7 @@ is a true symmetry of a smear, and flipping cached maps cannot stand in for it).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,12 +38,12 @@ from sslall.model._backbones import (
     final_pool_only,
     turn,
 )
-from sslall.model._devices import one_cpu_thread, resolve_device, resolve_mode
+from sslall.model._devices import resolve_device, resolve_mode
 from sslall.model._distributed import Dist, gather_rows, shard_bounds
 from sslall.model._feature_cache import FeatureCache
 from sslall.model._features import extract_features, mc_dropout_probs, predict
 from sslall.model._finetune import finetune
-from sslall.model._heads import EnsembleHead, MLPHead, head_sizes, hidden_features
+from sslall.model._heads import EnsembleHead, MLPHead, head_hidden, head_logits, head_sizes
 from sslall.model._last_stage import (
     LastStage,
     can_split,
@@ -367,28 +366,3 @@ def _empty_scores(learner: Learner) -> Scores:
     """What ranks other than 0 get back from scoring: nothing (rank 0 has every row)."""
     return Scores(np.zeros((0, head_sizes(learner.head)[1]), np.float32),
                   np.zeros((0, learner.backbone.num_features), np.float32))
-
-
-def head_logits(head: MLPHead, features: np.ndarray, device: torch.device, batch: int
-                 ) -> np.ndarray:
-    """The head's logits [N, C] of features [N, D], in batches, on one CPU thread."""
-    return _head_batches(head, head, features, device, batch, head_sizes(head)[1])
-
-
-def head_hidden(head: MLPHead, features: np.ndarray, device: torch.device, batch: int
-                ) -> np.ndarray:
-    """The head's last hidden layer [N, H] of features [N, D] (`hidden_features`), in batches."""
-    width = sum(h.hidden[-1] if h.hidden else head_sizes(h)[0]
-                for h in (head.members if isinstance(head, EnsembleHead) else [head]))
-    return _head_batches(head, lambda x: hidden_features(head, x), features, device, batch, width)
-
-
-def _head_batches(head: torch.nn.Module, fn: Callable[[torch.Tensor], torch.Tensor],
-                  features: np.ndarray, device: torch.device, batch: int, width: int) -> np.ndarray:
-    head = head.to(device).eval()
-    out = []
-    with torch.inference_mode(), one_cpu_thread() if device.type == "cpu" else nullcontext():
-        for start in range(0, len(features), batch):
-            chunk = torch.as_tensor(np.asarray(features[start:start + batch]), device=device)
-            out.append(fn(chunk.float()).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, width), np.float32)

@@ -21,8 +21,8 @@ import torch
 
 from sslall.config import Config
 from sslall.decide._metrics import softmax
-from sslall.model._heads import MLPHead
-from sslall.model._learner import head_logits, training_rows
+from sslall.model._heads import MLPHead, head_logits
+from sslall.model._learner import training_rows
 from sslall.model._train import train_head
 
 if TYPE_CHECKING:

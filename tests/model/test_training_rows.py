@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from sslall.config import Config, with_overrides
-from sslall.model._heads import EnsembleHead, MLPHead
-from sslall.model._learner import head_hidden, training_rows
+from sslall.model._heads import EnsembleHead, MLPHead, head_hidden
+from sslall.model._learner import training_rows
 from sslall.store._records import Sample
 from sslall.store._snapshot import Snapshot
 
