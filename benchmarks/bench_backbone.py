@@ -9,7 +9,7 @@ own input size (lite0 224, lite1 240, lite2 260 px) unless --image-size says oth
 is measured in-process: decode, eval transform and the frozen backbone's forward pass, batch
 32, on up to 256 training images (one warm-up batch left out): what scoring a pool costs, and
 what head mode's feature extraction and last-stage mode's frozen maps cost once per image.
-Each backbone writes its own BENCHMARKS.md section (`backbone-NAME`).
+One BENCHMARKS.md section (`backbone-lite`) holds every backbone, set and mode.
 
     python benchmarks/bench_backbone.py --backbones tf_efficientnet_lite1 --keep /tmp/bbb
     python benchmarks/bench_backbone.py --sets pbc --modes last-stage --seeds 0
@@ -17,7 +17,7 @@ Each backbone writes its own BENCHMARKS.md section (`backbone-NAME`).
 
 With --keep, each backbone, set and mode's figures are saved there and reused by a later run
 with the same seeds, fraction and image size, so the measurements can be taken in pieces and
-one last run writes the sections from all of them.
+one last run (`--saved-only`: nothing new is trained) writes the section from all of them.
 """
 
 from __future__ import annotations
@@ -102,10 +102,9 @@ def run_seeds(train: Path, test: Path, *, backbone: str, mode: str, size: int,
     }
 
 
-def measure(backbone: str, args: argparse.Namespace, root: Path) -> tuple[str, list[dict]]:
-    """Markdown for one backbone over the chosen sets and modes, and the figures behind it."""
-    rows, out = [], []
-    share = f"{args.fraction * 100:g} %"
+def measure(backbone: str, args: argparse.Namespace, root: Path) -> list[dict]:
+    """The figures of one backbone over the chosen sets and modes (one dict per set and mode)."""
+    out = []
     for name in args.sets:
         here = root / name
         if not (here / "data" / "test").is_dir():
@@ -117,28 +116,40 @@ def measure(backbone: str, args: argparse.Namespace, root: Path) -> tuple[str, l
             saved = here / "results" / f"{backbone}-{mode}-{size}px-{args.fraction:g}.json"
             figures = json.loads(saved.read_text()) if saved.is_file() else None
             if figures is None or figures["seeds"] != args.seeds:
+                if args.saved_only:
+                    continue
                 figures = run_seeds(train, test, backbone=backbone, mode=mode, size=size,
                                     args=args, cache=here / "cache", runs=here / "runs")
                 figures["set"] = name
                 saved.parent.mkdir(parents=True, exist_ok=True)
                 saved.write_text(json.dumps(figures, indent=1))
-            figures["images_per_s"] = speed  # measured by this run, side by side with the others
-            out.append(figures)
-            rows.append([SETS[name], mode, size, round(float(np.mean(figures["start_labels"]))),
-                         mean_sd(figures["macro_f1_start"]), figures["all_labels"][0],
-                         mean_sd(figures["macro_f1_all"]), mean_sd(figures["macro_f1_loop_round1"]),
-                         f"{speed:.1f}", ", ".join(f"{s:.0f}" for s in figures["seconds"])])
-    text = "\n".join([
-        f"`{backbone}`, offline ImageNet weights; seeds {args.seeds}; macro-F1 on the test split, "
-        f"mean ± sd over seeds. \"{share} labels\" = the same backbone and mode "
-        "trained on the starting labels alone (holdout included in the count); \"all labels\" = on "
-        "every training label; \"loop, round 1\" = one round of the loop from the starting labels. "
-        "Wall time per seed is the whole `simulate` (one round and three baselines); the first "
-        "seed of a backbone and mode also extracts the features or maps of every image.", "",
-        table(["data set", "mode", "px", "start labels", f"macro-F1, {share} labels",
+            # images/s comes from this run, measured side by side with the other backbones
+            out.append({**figures, "backbone": backbone, "images_per_s": speed})
+    return out
+
+
+def report(figures: list[dict], args: argparse.Namespace) -> str:
+    """The section's text: what was measured and one row per data set, mode and backbone."""
+    share = f"{args.fraction * 100:g} %"
+    rows = [[SETS[f["set"]], f["mode"], f"`{f['backbone']}`", f["image_size"],
+             round(float(np.mean(f["start_labels"]))), mean_sd(f["macro_f1_start"]),
+             f["all_labels"][0], mean_sd(f["macro_f1_all"]), mean_sd(f["macro_f1_loop_round1"]),
+             f"{f['images_per_s']:.1f}", ", ".join(f"{s:.0f}" for s in f["seconds"])]
+            for f in sorted(figures, key=lambda f: (f["set"], MODES.index(f["mode"]),
+                                                    f["backbone"]))]
+    return "\n".join([
+        f"Offline ImageNet weights; seeds {args.seeds}; macro-F1 on the test split (mean ± sd "
+        f"where more than one seed). \"{share} labels\" = the backbone in that mode trained on "
+        "the starting labels alone (holdout included in the count); \"all labels\" = on every "
+        "training label; \"loop, round 1\" = one round of the loop from the starting labels. "
+        "Images/s = decode, eval transform and the frozen forward pass at the backbone's own size, "
+        "batch 32, one process on this machine, measured side by side in the last run. Wall "
+        "time per seed is the whole `simulate` (one round and three baselines); the first seed "
+        "of a backbone and mode also extracts the features (head) or the maps of both views "
+        "(last-stage, turned view on) of every image.", "",
+        table(["data set", "mode", "backbone", "px", "start labels", f"macro-F1, {share} labels",
                "all labels", "macro-F1, all labels", "macro-F1, loop round 1", "images/s",
                "wall s per seed"], rows), ""])
-    return text, out
 
 
 def main() -> int:
@@ -151,18 +162,17 @@ def main() -> int:
     ap.add_argument("--image-size", type=int, default=None, help="input side (default: each backbone's)")
     ap.add_argument("--quick", action="store_true", help="24 images per class, one seed")
     ap.add_argument("--keep", type=Path, help="keep splits, caches and reports here (and reuse them)")
+    ap.add_argument("--saved-only", action="store_true",
+                    help="report only what --keep already holds; measure nothing but images/s")
     args = ap.parse_args()
     if args.quick:
         args.seeds = args.seeds[:1]
-    results = {}
     with work_folder(args.keep, "backbone") as root:
-        for backbone in args.backbones:
-            text, figures = measure(backbone, args, root)
-            results[backbone] = figures
-            write_section(f"backbone-{backbone}",
-                          f"Backbone {backbone}: head and last-stage mode from "
-                          f"{args.fraction * 100:g} % and from all labels", text, quick=args.quick)
-    emit({"benchmark": "backbone", "results": results})
+        figures = [f for backbone in args.backbones for f in measure(backbone, args, root)]
+    write_section("backbone-lite", "Offline backbones: efficientnet-lite0/1/2 in head and "
+                  f"last-stage mode, from {args.fraction * 100:g} % and from all labels",
+                  report(figures, args), quick=args.quick)
+    emit({"benchmark": "backbone", "results": figures})
     return 0
 
 

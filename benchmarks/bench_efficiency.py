@@ -71,7 +71,9 @@ ABOUT = ("; default config otherwise (threshold 0.9, fixed policy, margin strate
 def mean_sd(values: list[float]) -> str:
     if not values:
         return "-"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.3f}"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"  # one seed: no spread to show
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
 
 
 class Runner:
