@@ -18,7 +18,7 @@ from torch import nn
 from sslall.errors import ModelError
 from sslall.model._devices import one_cpu_thread
 
-__all__ = ["EnsembleHead", "MLPHead", "head_sizes", "hidden_features"]
+__all__ = ["EnsembleHead", "MLPHead", "head_hidden", "head_logits", "head_sizes", "hidden_features"]
 
 
 class MLPHead(nn.Module):
