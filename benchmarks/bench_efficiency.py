@@ -22,6 +22,7 @@ is what a CPU runs by default, last-stage). Features or maps are cached per data
     python benchmarks/bench_efficiency.py --keep /tmp/beff                  # all parts, both sets
     python benchmarks/bench_efficiency.py --parts thresholds --sets taleqani --keep /tmp/beff
     python benchmarks/bench_efficiency.py --parts strategies policies --mode auto --keep /tmp/beff
+    python benchmarks/bench_efficiency.py --parts fractions --fractions 0.01 0.05 --mode auto
     python benchmarks/bench_efficiency.py --quick                           # 24 images/class
 """
 
@@ -79,8 +80,10 @@ def mean_sd(values: list[float]) -> str:
 class Runner:
     """`sslall simulate` subprocesses whose JSON reports are kept and reused by their arguments."""
 
-    def __init__(self, root: Path, name: str, quick: bool, mode: str = "head") -> None:
+    def __init__(self, root: Path, name: str, quick: bool, mode: str = "head",
+                 fractions: tuple[float, ...] = FRACTIONS) -> None:
         self.ds = SETS[name]
+        self.fractions = fractions
         self.mode = "last-stage" if mode == "auto" else mode  # auto on a CPU, with lite0
         self.image_size = self.ds.image_size if self.mode == "head" else None
         self.root = root / name
@@ -151,7 +154,7 @@ def loop_minus_final(report: dict) -> float:
 
 def part_fractions(runner: Runner, seeds: list[int]) -> tuple[str, list[dict]]:
     out, rows = [], []
-    for fraction in FRACTIONS:
+    for fraction in runner.fractions:
         reports = [runner.simulate(fraction=fraction, seed=s, baselines=True) for s in seeds]
         last = [r["rounds"][-1] for r in reports]
         base = {k: [r["baselines"][k]["macro_f1"] for r in reports] for k in reports[0]["baselines"]}
@@ -326,6 +329,8 @@ def main() -> int:
     ap.add_argument("--sets", nargs="+", choices=sorted(SETS), default=["taleqani", "pbc"])
     ap.add_argument("--parts", nargs="+", choices=sorted(PARTS), default=list(PARTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS),
+                    help="starting label fractions of the `fractions` part")
     ap.add_argument("--mode", choices=("head", "last-stage", "auto"), default="head",
                     help="model mode (auto: what a CPU runs by default, last-stage)")
     ap.add_argument("--quick", action="store_true", help="24 images per class, 2 rounds")
@@ -334,7 +339,7 @@ def main() -> int:
     results: dict = {}
     with work_folder(args.keep, "efficiency") as root:
         for name in args.sets:
-            runner = Runner(root, name, args.quick, args.mode)
+            runner = Runner(root, name, args.quick, args.mode, tuple(args.fractions))
             suffix = "" if runner.mode == "head" else f"-{runner.mode}"
             for part in args.parts:
                 text, figures = PARTS[part](runner, args.seeds)
