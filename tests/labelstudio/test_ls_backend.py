@@ -113,8 +113,10 @@ def test_an_annotator_sees_the_live_prediction_in_chromium(ls: Server, served: d
         raise
     finally:
         browser.quit()
-    [pred] = ls.sdk.predictions.list(task=task)  # the guess came from the backend, live
-    assert pred.model_version == "round-1"
+    # the guess came from the backend, live; a refresh while its first answer is still on the way
+    # (a loaded machine) makes Label Studio ask again, so there may be two, both round 1's
+    preds = ls.sdk.predictions.list(task=task)
+    assert preds and all(pred.model_version == "round-1" for pred in preds), preds
 
 
 def test_an_annotation_reaches_the_pool_store_through_the_webhook(ls: Server, served: dict
