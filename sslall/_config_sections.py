@@ -63,9 +63,6 @@ class TrainConfig:
     pseudo_weight: str | float = setting(
         "confidence", "'confidence' (weight = calibrated confidence) or a number in (0, 1]",
         check=check_pseudo_weight, schema=PSEUDO_WEIGHT_SCHEMA)
-    unlabeled_weight: float = setting(
-        0.0, "every unlabeled cell also trains on the last round's predicted class, weighted by "
-        "its calibrated confidence times this factor (0 = only pseudo labels)", within="[0, 1]")
     hard_weight: float = setting(
         2.0, "weight of low-confidence labeled samples in the next training", within="[0, inf]")
     patience: int = setting(5, "early stopping patience in epochs, on holdout macro-F1",

@@ -28,13 +28,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sslall._faults import fault_point
+from sslall._fsutil import NotRegularFile, sha256_file
 from sslall._progress import Progress
 from sslall.config import Config
 from sslall.errors import SslallError, UsageError
@@ -43,7 +44,7 @@ from sslall.model._launcher import record_exit_code
 from sslall.store._holdout import holdout_warning
 from sslall.store._pools import PoolStore
 from sslall.store._records import Move, RoundRecord, utc_now
-from sslall.store._snapshot import Snapshot, take_snapshot, verify_files
+from sslall.store._snapshot import Snapshot, take_snapshot
 from sslall.workspace import Workspace, round_lock
 
 if TYPE_CHECKING:
@@ -93,6 +94,30 @@ class RoundResult:
                 "metrics": self.metrics, "previous_metrics": self.previous_metrics,
                 "pools": self.pools, "seconds": self.seconds, "labelstudio": self.labelstudio,
                 "warnings": self.warnings, "label_issues": self.label_issues}
+
+
+def verify_files(snapshot: Snapshot, progress: Progress | None = None) -> Snapshot:
+    """Re-hash every file; a missing or changed one is quarantined, never trained on.
+
+    The quarantine moves already in `snapshot` are kept. A fifo, socket or device where the
+    image was is refused without blocking (`changed-file`).
+    """
+    kept, moves = [], list(snapshot.quarantine)
+    for i, s in enumerate(snapshot.rows):
+        try:
+            ok = sha256_file(s.path) == s.id
+            reason = "changed-file: the file's bytes changed since import"
+        except NotRegularFile as exc:
+            ok, reason = False, f"changed-file: the file {exc.strerror}"
+        except OSError as exc:
+            ok, reason = False, f"missing-file: {exc.strerror}"
+        if ok:
+            kept.append(s)
+        else:
+            moves.append(Move(s.id, "quarantine", from_pool=s.pool, reason=reason))
+        if progress and (i % 256 == 0 or i == len(snapshot.rows) - 1):
+            progress("verify", i + 1, len(snapshot.rows))
+    return Snapshot(snapshot.classes, kept, moves)
 
 
 @contextmanager
@@ -155,7 +180,6 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
             with _timed(seconds, "verify"):
                 snapshot = verify_files(take_snapshot(store, config.classes), progress)
             _require_training_data(snapshot)
-            snapshot, missing = _with_guesses(ws, config, snapshot, round_no)
             send_snapshot(snapshot, round_no)
             snapshot, learner, scores = _train_and_score(ws, config, snapshot, round_no, seconds,
                                                          progress, dist)
@@ -187,7 +211,7 @@ def run_round(ws: Workspace, config: Config, *, progress: Progress | None = None
             last = store.rounds()[-1] if store.last_round() else {}
             result = RoundResult(round_no, ws.round_dir(round_no), _count_moves(moves), metrics,
                                  last.get("metrics"), pools_after, seconds,
-                                 warnings=_holdout_warnings(snapshot) + missing,
+                                 warnings=_holdout_warnings(snapshot),
                                  human_labels_added=_human_labels(pools_before)
                                  - _human_labels(last.get("pools", pools_before)),
                                  label_issues=None if issues is None else len(issues))
@@ -225,25 +249,6 @@ def _no_labelstudio(route: str, review: int) -> str:
     return (f"route {route!r} sends the review queue to Label Studio, but [labelstudio] url is "
             f"not set in sslall.toml: nothing was pushed ({review} cell(s) wait in review; label "
             "them with `sslall review export`, or set the url)")
-
-
-def _with_guesses(ws: Workspace, config: Config, snapshot: Snapshot, round_no: int
-                  ) -> tuple[Snapshot, list[str]]:
-    """`snapshot` with the last round's guesses for its unlabeled rows (from that round's
-    predictions.csv) when the round trains on them (`train.unlabeled_weight` > 0), and the
-    warning line when that file is gone (removed by hand): the round then trains on its labels
-    and pseudo labels alone."""
-    from sslall.report._runfiles import read_guesses
-
-    if config.train.unlabeled_weight <= 0 or round_no < 2:
-        return snapshot, []
-    wanted = {s.id for s in snapshot.rows if s.pool == "unlabeled"}
-    path = ws.round_dir(round_no - 1) / "predictions.csv"
-    found = read_guesses(path, wanted)
-    if found is None:
-        return snapshot, [f"{path} is missing: round {round_no} trains without the last round's "
-                          "guesses for the unlabeled cells (train.unlabeled_weight)"]
-    return replace(snapshot, guesses=found), []
 
 
 def _train_and_score(ws: Workspace, config: Config, snapshot: Snapshot, round_no: int,

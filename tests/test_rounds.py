@@ -321,29 +321,3 @@ def test_run_stops_early_when_a_round_only_routes(template_ws: Path, tmp_path: P
     assert rounds[0]["moves"] == {"unlabeled->review": 4}
     assert "round 1 made no pseudo-label or label change; stopping" in result.output
     assert pools_of(ws)["review"] == 4
-
-
-@pytest.mark.parametrize("folder_kept", [True, False])
-def test_unlabeled_cells_train_on_the_last_rounds_guesses(template_ws: Path, tmp_path: Path,
-                                                          runner, folder_kept: bool) -> None:
-    """`train.unlabeled_weight`: round 2 trains on every cell still unlabeled, at the class round
-    1 predicted for it (read from round 1's predictions.csv); without that file, one warning
-    and the labels and pseudo labels alone."""
-    ws = copy_ws(template_ws, tmp_path)
-    toml = ws / "sslall.toml"
-    toml.write_text(toml.read_text().replace("[train]\n", "[train]\nunlabeled_weight = 0.5\n"))
-    first = invoke(runner, "round", "-w", ws, "--budget", "4", "--json")
-    assert first.exit_code == 0, first.stderr
-    one = json.loads((ws / "runs" / "round-0001" / "metrics.json").read_text())
-    assert one["train"]["train_rows"] == 15  # round 1 has no guesses yet
-    pools = one["pools"]
-    if not folder_kept:
-        import shutil
-
-        shutil.rmtree(ws / "runs" / "round-0001")
-    second = invoke(runner, "round", "-w", ws, "--budget", "4", "--json")
-    assert second.exit_code == 0, second.stderr
-    two = json.loads((ws / "runs" / "round-0002" / "metrics.json").read_text())
-    guessed = pools["unlabeled"] if folder_kept else 0
-    assert two["train"]["train_rows"] == pools["labeled"] + pools["pseudo"] + guessed
-    assert ("trains without the last round's guesses" in second.output) is not folder_kept

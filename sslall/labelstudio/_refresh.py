@@ -16,12 +16,12 @@ calibrated confidence from its `predictions.csv`), once per round and project (m
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 
 from sslall.labelstudio import _records as records
 from sslall.labelstudio._client import LabelStudioClient
-from sslall.report._runfiles import read_guesses
 from sslall.store._pools import PoolStore
 from sslall.workspace import Workspace
 
@@ -51,7 +51,7 @@ def refresh_open_tasks(client: LabelStudioClient, store: PoolStore, base: Path, 
     if not newest or records.meta_value(store, REFRESHED_KEY) == f"{pid}:{newest}":
         return 0
     stale = [(sid, tid) for sid, tid, sent in records.open_tasks(store, pid) if sent < newest]
-    guesses = read_guesses(Workspace(base).round_dir(newest) / "predictions.csv", {s for s, _ in stale})
+    guesses = _guesses(Workspace(base).round_dir(newest) / "predictions.csv", {s for s, _ in stale})
     if guesses is None:
         return 0
     version = f"round-{newest}"
@@ -70,3 +70,22 @@ def refresh_open_tasks(client: LabelStudioClient, store: PoolStore, base: Path, 
         changed += 1
     records.set_meta(store, REFRESHED_KEY, f"{pid}:{newest}")
     return changed
+
+
+def _guesses(path: Path, wanted: set[str]) -> dict[str, tuple[str, float | None]] | None:
+    """(prediction, confidence) per wanted sample from a round's predictions.csv; None when the
+    file is missing."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = [r for r in csv.DictReader(handle) if r.get("sample_id") in wanted]
+    except FileNotFoundError:
+        return None
+    out: dict[str, tuple[str, float | None]] = {}
+    for r in rows:
+        if r.get("prediction"):
+            try:
+                confidence: float | None = round(float(r["confidence"]), 6)
+            except (TypeError, ValueError):
+                confidence = None
+            out[r["sample_id"]] = (r["prediction"], confidence)
+    return out

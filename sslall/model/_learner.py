@@ -67,21 +67,15 @@ class Calibration:
 
 
 def training_rows(config: Config, snapshot: Snapshot) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row indices, class indices, sample weights) of labeled ∪ pseudo rows, and of the
-    unlabeled rows with a guess from the last round when `train.unlabeled_weight` > 0.
+    """(row indices, class indices, sample weights) of labeled ∪ pseudo rows.
 
     Human labels weigh 1 (or the hard-example weight the last round gave them); pseudo labels
     weigh their calibrated confidence, or the configured constant factor, times the weight the
-    last round gave them (the propagation certainty; 1 under the other policies). A guessed
-    unlabeled row trains on the last round's predicted class at its calibrated confidence times
-    `train.unlabeled_weight`: the unlabeled cells below the pseudo-label threshold shape the
-    model too, each as much as the last model was sure of it.
+    last round gave them (the propagation certainty; 1 under the other policies).
     """
     labels = snapshot.label_index()
-    lookup = {c: i for i, c in enumerate(snapshot.classes)}
     idx, weights = [], []
     factor = config.train.pseudo_weight
-    guessed = config.train.unlabeled_weight
     for i, row in enumerate(snapshot.rows):
         if row.pool == "labeled":
             idx.append(i)
@@ -90,12 +84,6 @@ def training_rows(config: Config, snapshot: Snapshot) -> tuple[np.ndarray, np.nd
             idx.append(i)
             base = float(row.confidence or 0.0) if factor == "confidence" else float(factor)
             weights.append(base * row.weight)
-        elif row.pool == "unlabeled" and guessed > 0 and row.id in snapshot.guesses:
-            label, confidence = snapshot.guesses[row.id]
-            if label in lookup and confidence:
-                idx.append(i)
-                weights.append(guessed * float(confidence))
-                labels[i] = lookup[label]
     rows = np.array(idx, dtype=np.int64)
     return rows, labels[rows], np.array(weights, dtype=np.float32)
 

@@ -9,7 +9,6 @@ import csv
 import json
 import os
 import shutil
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -69,25 +68,6 @@ def write_run_dir(ws: Workspace, round_no: int, learner: Learner, temperature: f
         shutil.rmtree(final)
     os.replace(tmp, final)
     fsync_dir(final.parent)
-
-
-def read_guesses(path: str | Path, wanted: set[str]) -> dict[str, tuple[str, float | None]] | None:
-    """(prediction, calibrated confidence or None) per wanted sample id from a round's
-    predictions.csv; None when the file is missing. Rows without a prediction are left out."""
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = [r for r in csv.DictReader(handle) if r.get("sample_id") in wanted]
-    except FileNotFoundError:
-        return None
-    out: dict[str, tuple[str, float | None]] = {}
-    for r in rows:
-        if r.get("prediction"):
-            try:
-                confidence: float | None = round(float(r["confidence"]), 6)
-            except (TypeError, ValueError):
-                confidence = None
-            out[r["sample_id"]] = (r["prediction"], confidence)
-    return out
 
 
 def _write_predictions(path, snapshot: Snapshot, probs: np.ndarray, moves: list[Move],

@@ -58,26 +58,3 @@ def test_rows_with_a_weight_of_zero_still_appear_for_the_trainer_to_drop():
     rows = [dataclasses.replace(ROWS[2], weight=0.0)]
     _, _, w = training_rows(Config(classes=CLASSES), Snapshot(CLASSES, rows))
     assert w.tolist() == [0.0]
-
-
-GUESSES = {f"{4:064x}": ("B", 0.7), f"{6:064x}": ("A", 0.9), f"{5:064x}": ("B", 0.99),
-           f"{2:064x}": ("B", 0.6)}
-
-
-def test_guessed_unlabeled_rows_train_on_the_guess_at_confidence_times_the_factor():
-    cfg = with_overrides(Config(classes=CLASSES), train={"unlabeled_weight": 0.5})
-    rows, y, w = training_rows(cfg, Snapshot(CLASSES, ROWS, guesses=GUESSES))
-    # row 4 (unlabeled) joins with its guess B; the review (6), holdout (5) and pseudo (2) rows'
-    # guesses change nothing: only unlabeled rows are guessed, pseudo rows keep their label
-    assert rows.tolist() == [0, 1, 2, 3, 4]
-    assert y.tolist() == [0, 1, 0, 1, 1]
-    np.testing.assert_allclose(w, [1.0, 2.0, 0.9, 0.4, 0.5 * 0.7])
-
-
-def test_guesses_are_ignored_when_the_factor_is_zero_or_the_class_is_gone():
-    snap = Snapshot(CLASSES, ROWS, guesses=GUESSES)
-    assert training_rows(Config(classes=CLASSES), snap)[0].tolist() == [0, 1, 2, 3]
-    cfg = with_overrides(Config(classes=CLASSES), train={"unlabeled_weight": 1.0})
-    for guess in [("C", 0.9), ("A", None), ("A", 0.0)]:  # a removed class; no confidence
-        got = training_rows(cfg, Snapshot(CLASSES, ROWS, guesses={f"{4:064x}": guess}))
-        assert got[0].tolist() == [0, 1, 2, 3]
