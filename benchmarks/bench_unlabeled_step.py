@@ -8,7 +8,7 @@ probabilities (temperature fitted on the holdout); a fresh student trains on the
 - `hard0.9`: the cells at calibrated confidence >= 0.9, at their predicted class, weighted by
   their confidence (what the fixed policy does, without its class cap and kNN filter);
 - `hardall`: every unlabeled cell at its predicted class, weighted by its confidence (what
-  `train.unlabeled_weight = 1` adds in the loop);
+  `train.unlabeled_weight = 1` added in the loop at commit 5583bf1, since reverted);
 - `soft`, `soft0.5`: the teacher's calibrated probabilities as soft targets, on every cell or
   on the cells at confidence >= 0.5.
 
@@ -74,7 +74,11 @@ def main() -> int:
                            turned=turned) for turned in (False, True)]
     shape = stage.map_shape
 
-    def logits(head: nn.Module, rows: np.ndarray) -> np.ndarray:
+    def logits(model: tuple[nn.Module, dict], rows: np.ndarray) -> np.ndarray:
+        """A (head, last-stage weights) pair's mean logits of both views: the stage is one
+        module that every training overwrites, so each model carries its own weights."""
+        head, stage_state = model
+        stage.load_state_dict(stage_state)
         out = []
         for maps in views:
             with torch.inference_mode():
@@ -84,7 +88,8 @@ def main() -> int:
 
     def fit(rows: np.ndarray, targets: np.ndarray, w: np.ndarray, held: np.ndarray, seed: int):
         """The round's last-stage training (both views, flips, early stopping on the holdout,
-        the epoch cap) with a soft cross-entropy, so one-hot labels and soft targets mix."""
+        the epoch cap) with a soft cross-entropy, so one-hot labels and soft targets mix; the
+        trained (head, last-stage weights)."""
         backbone.module.load_state_dict(pristine)
         x = np.concatenate([views[0][rows], views[1][rows]])
         target = torch.as_tensor(np.concatenate([targets, targets]).astype(np.float32))
@@ -114,10 +119,10 @@ def main() -> int:
                 if best.update(epoch, f1, nll, model):
                     break
             model.load_state_dict(best.state)
-        return head
+        return head, {k: v.detach().clone() for k, v in stage.state_dict().items()}
 
-    def macro_f1(head: nn.Module) -> float:
-        return classification_metrics(y[val], logits(head, val).argmax(1), None, list(classes))["macro_f1"]
+    def macro_f1(model: tuple[nn.Module, dict]) -> float:
+        return classification_metrics(y[val], logits(model, val).argmax(1), None, list(classes))["macro_f1"]
 
     eye = np.eye(n_cls, dtype=np.float32)
     for seed in args.seeds:
