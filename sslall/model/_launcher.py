@@ -42,14 +42,16 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run `python -m torch.distributed.run --nproc_per_node N -m sslall ARGV`; its exit code.
 
     The code is rank 0's own (from `$SSLALL_EXIT_FILE`) when it recorded one, so a busy lock
-    still exits 75; otherwise torchrun's.
+    still exits 75; otherwise torchrun's. torchrun's log folders go into a temporary folder
+    removed at the end (left to itself, torchelastic makes one in the temp folder and never
+    removes it).
     """
-    with tempfile.TemporaryDirectory(prefix="sslall-launch-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="sslall-launch-", ignore_cleanup_errors=True) as tmp:
         exit_file = Path(tmp) / "exit-code"
         env = {**os.environ, ENV_EXIT_FILE: str(exit_file), "OMP_NUM_THREADS":
                os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", "-m", "sslall", *argv]
+               f"--nproc_per_node={nproc}", f"--log-dir={Path(tmp) / 'torchrun'}", "-m", "sslall", *argv]
         code = subprocess.run(cmd, env=env, check=False).returncode
         if exit_file.is_file():
             return int(exit_file.read_text(encoding="ascii").strip() or code)

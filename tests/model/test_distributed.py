@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,15 @@ def torchrun(*args: object) -> subprocess.CompletedProcess:
 def test_finetune_round_on_two_ranks_matches_one_process(template: Path, tmp_path: Path) -> None:
     one, two = copy(template, tmp_path / "one"), copy(template, tmp_path / "two")
     single = round_json(sslall("round", "-w", one, "--mode", "finetune", "--json"))
-    ddp = round_json(sslall("round", "-w", two, "--mode", "finetune", "--json", "--nproc", "2"))
+    # torchelastic leaves a log folder in the temp folder unless told where; a short temp
+    # folder of the test's own (a Unix socket's path must stay under 108 bytes)
+    temp = Path(tempfile.mkdtemp(prefix="ddp-"))
+    try:
+        ddp = round_json(sslall("round", "-w", two, "--mode", "finetune", "--json", "--nproc",
+                                "2", env={"TMPDIR": str(temp)}))
+        assert not [p.name for p in temp.iterdir() if p.name.startswith("torchelastic_")]
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     assert ddp["moves"] == single["moves"] and ddp["pools"] == single["pools"]
     assert abs(ddp["metrics"]["macro_f1"] - single["metrics"]["macro_f1"]) <= 0.1
     a, b = predictions(one), predictions(two)
