@@ -72,10 +72,14 @@ def predictions(ws: Path) -> dict[str, dict]:
 
 def torchrun(*args: object) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node 2 -m sslall ARGS`, as a deploy script would write it."""
+    logs = tempfile.mkdtemp(prefix="torchrun-logs-")  # else torchelastic leaves one in /tmp
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "sslall", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+           f"--log-dir={logs}", "-m", "sslall", *map(str, args)]
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 @pytest.mark.slow
