@@ -92,9 +92,11 @@ def test_finetune_round_on_two_ranks_matches_one_process(template: Path, tmp_pat
     try:
         ddp = round_json(sslall("round", "-w", two, "--mode", "finetune", "--json", "--nproc",
                                 "2", env={"TMPDIR": str(temp)}))
-        assert not [p.name for p in temp.iterdir() if p.name.startswith("torchelastic_")]
+        left = sorted(p.name for p in temp.iterdir()  # torch's per-user compile cache is
+                      if not p.name.startswith("torchinductor_"))  # shared by design
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+    assert left == []  # no torchelastic_* log folder, nothing else of the launch
     assert ddp["moves"] == single["moves"] and ddp["pools"] == single["pools"]
     assert abs(ddp["metrics"]["macro_f1"] - single["metrics"]["macro_f1"]) <= 0.1
     a, b = predictions(one), predictions(two)
