@@ -23,6 +23,7 @@ not H&E, but the H and E vectors span the purple/pink axis those stains vary alo
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import random
 from collections.abc import Callable, Sequence
@@ -34,7 +35,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from sslall._workers import worker_started
+from sslall._workers import fit_socket_folder, worker_started
 from sslall.data._images import RGB_CONVERSION, load_rgb
 from sslall.data._preprocess import make_preprocessor, preprocess_key
 
@@ -51,6 +52,8 @@ __all__ = [
     "train_transform",
     "transform_key",
 ]
+
+log = logging.getLogger(__name__)
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -194,9 +197,14 @@ def make_loader(
     drop_last: bool = False,
 ) -> DataLoader:
     """A DataLoader with a seeded generator (repeatable order and worker seeds), pinned memory
-    when CUDA is available, and persistent workers when `num_workers` > 0."""
+    when CUDA is available, and persistent workers when `num_workers` > 0 (decoding in this
+    process instead when no temp folder is short enough for the workers' sockets)."""
     if sampler is not None and shuffle:
         raise ValueError("give either shuffle=True or a sampler, not both")
+    if num_workers > 0 and not fit_socket_folder():
+        log.warning("no temp folder is short enough for worker sockets (set a shorter TMPDIR); "
+                    "decoding images in the main process")
+        num_workers = 0
     generator = torch.Generator()
     generator.manual_seed(int(seed))
     return DataLoader(

@@ -6,21 +6,30 @@ process-group helpers in `sslall.model._distributed` that import torch.
 
 torchrun reports a failed worker as exit code 1, whatever the worker's own code. So rank 0
 writes its exit code to the file `$SSLALL_EXIT_FILE` names, when set; `sslall round --nproc N`
-sets it and exits with that code (75 when another round holds the lock).
+sets it and exits with that code (75 when another round holds the lock). torchrun runs in a
+process group of its own: a SIGTERM, SIGINT or SIGHUP for the launcher (or a terminal's Ctrl-C)
+reaches it once, passed on by the launcher, which waits while it stops its ranks; and if the
+launcher is killed outright, Linux sends torchrun a SIGTERM. No rank outlives the command.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+
+from sslall._workers import die_with_parent
 
 __all__ = ["ENV_EXIT_FILE", "launch", "record_exit_code", "world_size_from_env"]
 
 ENV_EXIT_FILE = "SSLALL_EXIT_FILE"
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def world_size_from_env() -> int:
@@ -39,20 +48,81 @@ def record_exit_code(code: int) -> None:
 
 
 def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run `python -m torch.distributed.run --nproc_per_node N -m sslall ARGV`; its exit code.
+    """Run `torchrun --nproc_per_node N -m sslall ARGV` (through `_torchrun`); its exit code.
 
     The code is rank 0's own (from `$SSLALL_EXIT_FILE`) when it recorded one, so a busy lock
     still exits 75; otherwise torchrun's. torchrun's log folders go into a temporary folder
     removed at the end (left to itself, torchelastic makes one in the temp folder and never
-    removes it).
+    removes it). Stopped by a signal, it returns 128 + the signal's number once torchrun is done.
     """
     with tempfile.TemporaryDirectory(prefix="sslall-launch-", ignore_cleanup_errors=True) as tmp:
         exit_file = Path(tmp) / "exit-code"
         env = {**os.environ, ENV_EXIT_FILE: str(exit_file), "OMP_NUM_THREADS":
                os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+        cmd = [sys.executable, "-m", "sslall.model._launcher", "--standalone",
                f"--nproc_per_node={nproc}", f"--log-dir={Path(tmp) / 'torchrun'}", "-m", "sslall", *argv]
-        code = subprocess.run(cmd, env=env, check=False).returncode
+        child = subprocess.Popen(cmd, env=env, preexec_fn=_torchrun_started(os.getpid()))
+        with _forwarding_signals(child) as received:
+            code = child.wait()
+        if received:
+            return 128 + received[0]
         if exit_file.is_file():
             return int(exit_file.read_text(encoding="ascii").strip() or code)
         return code
+
+
+def _torchrun_started(launcher_pid: int) -> Callable[[], None]:
+    """What the torchrun child does between fork and exec: a process group of its own (a
+    terminal's Ctrl-C reaches it once, through the launcher) and a SIGTERM if the launcher dies."""
+    def started() -> None:
+        os.setpgid(0, 0)
+        die_with_parent(launcher_pid, signal.SIGTERM)
+    return started
+
+
+@contextlib.contextmanager
+def _forwarding_signals(child: subprocess.Popen) -> Iterator[list[int]]:
+    """Pass the stop signals this process gets on to `child` (a `kill` of the launcher alone
+    would orphan torchrun and its ranks); yields the numbers received."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signum)
+
+    before = {sig: signal.signal(sig, forward) for sig in _FORWARDED}
+    try:
+        yield received
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def _torchrun(argv: list[str]) -> int:
+    """The torchrun child (`python -m sslall.model._launcher TORCHRUN-ARGS`): torchrun's own
+    `main`, but a stop signal or a rank killed by one ends it with one line, not a traceback
+    (a rank that exits with an error has said why itself)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main
+
+    try:
+        main(argv)
+    except SignalException as exc:
+        name = signal.Signals(exc.sigval).name
+        print(f"torchrun: stopped by {name}; its ranks were stopped", file=sys.stderr)
+        return 128 + int(exc.sigval)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        if failure.exitcode < 0:
+            print(f"torchrun: rank {rank} was killed by {failure.signal_name()}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_torchrun(sys.argv[1:]))

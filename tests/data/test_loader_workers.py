@@ -58,3 +58,30 @@ def test_loader_workers_die_with_a_killed_parent_and_the_lock_is_free(tmp_path: 
     assert not lock_is_held(Workspace(tmp_path))
     with round_lock(Workspace(tmp_path), "next"):
         pass
+
+
+READER = textwrap.dedent("""
+    import sys
+    from sslall.data._datasets import ImageDataset, eval_transform, make_loader
+
+    data = ImageDataset(sys.argv[1:], eval_transform(16, (0.5,) * 3, (0.5,) * 3), max_pixels=10**6)
+    print(sum(len(batch) for batch, _ in make_loader(data, batch_size=2, num_workers=2)))
+""")
+
+
+def test_workers_hand_batches_back_under_a_temp_folder_too_long_for_a_socket(tmp_path: Path) -> None:
+    # a scheduler's per-job TMPDIR can be long: multiprocessing's listener socket in it would
+    # pass 107 bytes, the worker's send fail in a background thread and the loader wait forever
+    images = [tmp_path / f"{i}.png" for i in range(6)]
+    for i, path in enumerate(images):
+        write_image(path, i, size=16)
+    temp = tmp_path / ("t" * (110 - len(str(tmp_path))))
+    temp.mkdir()
+    done = subprocess.run([sys.executable, "-c", READER, *images], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(temp)}, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "6"
+    assert "path too long" not in done.stderr
+    left = [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_")]
+    assert left == []  # multiprocessing's folder went elsewhere, and is gone (torch's per-user
+    # compile cache, made on import, is shared by design)

@@ -19,13 +19,16 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 from conftest import sslall
+from store.test_import_workers import alive
 from test_rounds import build_workspace
 
 from sslall.model._distributed import DealtSampler, shard_bounds
@@ -86,9 +89,11 @@ def torchrun(*args: object) -> subprocess.CompletedProcess:
 def test_finetune_round_on_two_ranks_matches_one_process(template: Path, tmp_path: Path) -> None:
     one, two = copy(template, tmp_path / "one"), copy(template, tmp_path / "two")
     single = round_json(sslall("round", "-w", one, "--mode", "finetune", "--json"))
-    # torchelastic leaves a log folder in the temp folder unless told where; a short temp
-    # folder of the test's own (a Unix socket's path must stay under 108 bytes)
-    temp = Path(tempfile.mkdtemp(prefix="ddp-"))
+    # torchelastic leaves a log folder in the temp folder unless told where; a temp folder of
+    # the test's own, too long for a Unix socket in it (a scheduler's per-job TMPDIR can be):
+    # the ranks' DataLoader workers must still hand their batches back
+    temp = tmp_path / ("t" * (110 - len(str(tmp_path))))
+    temp.mkdir()
     try:
         ddp = round_json(sslall("round", "-w", two, "--mode", "finetune", "--json", "--nproc",
                                 "2", env={"TMPDIR": str(temp)}))
@@ -109,6 +114,60 @@ def test_finetune_round_on_two_ranks_matches_one_process(template: Path, tmp_pat
         assert store.last_round() == 1
     assert json.loads((two / "runs" / "round-0001" / "metrics.json").read_text())["mode"] == "finetune"
     assert sslall("check", "-w", two).returncode == 0
+
+
+def ranks_of(ws: Path) -> list[int]:
+    """Pids of the processes running a command on `ws` (the launcher, torchrun, the ranks)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if os.fsencode(str(ws)) in cmdline and alive(int(entry)):
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_stopped_launcher_stops_torchrun_and_its_ranks(template: Path, tmp_path: Path,
+                                                         sig: signal.Signals) -> None:
+    ws = copy(template, tmp_path / "ws")
+    config = ws / "sslall.toml"
+    config.write_text(config.read_text().replace("epochs = 5", "epochs = 500")
+                      .replace("patience = 4", "patience = 500"))
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "sslall", "round", "-w", str(ws), "--mode", "finetune", "--nproc", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"})
+    try:  # a kill of the launcher alone (not its process group): torchrun must not be orphaned
+        deadline = time.monotonic() + 300
+        while len(ranks_of(ws)) < 4 and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)  # launcher, torchrun and the two ranks
+        assert len(ranks_of(ws)) == 4, "the ranks never started"
+        time.sleep(3)  # into the round
+        launcher.send_signal(sig)
+        stderr = launcher.communicate(timeout=120)[1]
+        deadline = time.monotonic() + 90  # torchrun gives its ranks 30 s after SIGTERM
+        while ranks_of(ws) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = ranks_of(ws)
+    finally:
+        for pid in ranks_of(ws):
+            os.kill(pid, signal.SIGKILL)
+        launcher.kill()
+    assert left == [], "a rank or torchrun outlived the launcher"
+    assert launcher.returncode == 128 + sig if sig == signal.SIGTERM else launcher.returncode == -sig
+    if sig == signal.SIGTERM:
+        assert "torchrun: stopped by SIGTERM" in stderr and "Traceback" not in stderr, stderr[-3000:]
+        assert [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_")] == []
+    with PoolStore(ws / "pools" / "pools.db") as store:
+        assert store.last_round() == 0  # the stopped round changed nothing
+    assert sslall("check", "-w", ws).returncode == 0
 
 
 @pytest.mark.slow
