@@ -15,6 +15,7 @@ launcher is killed outright, Linux sends torchrun a SIGTERM. No rank outlives th
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -106,6 +107,11 @@ def _torchrun(argv: list[str]) -> int:
     """The torchrun child (`python -m sslall.model._launcher TORCHRUN-ARGS`): torchrun's own
     `main`, but a stop signal or a rank killed by one ends it with one line, not a traceback
     (a rank that exits with an error has said why itself)."""
+    # torchrun's warnings narrate a stop step by step ("Received 15 death signal", "Sending
+    # process N closing signal"); the one line below says it, and its errors still show. Its
+    # loggers take their level from $LOGLEVEL when made, at import.
+    os.environ.setdefault("LOGLEVEL", "ERROR")
+    logging.getLogger("torch.distributed.elastic").setLevel(os.environ["LOGLEVEL"])
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main

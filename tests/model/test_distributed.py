@@ -163,7 +163,7 @@ def test_a_stopped_launcher_stops_torchrun_and_its_ranks(template: Path, tmp_pat
     assert left == [], "a rank or torchrun outlived the launcher"
     assert launcher.returncode == 128 + sig if sig == signal.SIGTERM else launcher.returncode == -sig
     if sig == signal.SIGTERM:
-        assert "torchrun: stopped by SIGTERM" in stderr and "Traceback" not in stderr, stderr[-3000:]
+        assert stderr.strip() == "torchrun: stopped by SIGTERM; its ranks were stopped", stderr
         assert [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_")] == []
     with PoolStore(ws / "pools" / "pools.db") as store:
         assert store.last_round() == 0  # the stopped round changed nothing
