@@ -85,3 +85,19 @@ def test_workers_hand_batches_back_under_a_temp_folder_too_long_for_a_socket(tmp
     left = [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_")]
     assert left == []  # multiprocessing's folder went elsewhere, and is gone (torch's per-user
     # compile cache, made on import, is shared by design)
+
+
+def test_no_short_temp_folder_means_decoding_in_the_main_process_not_a_hang(tmp_path: Path) -> None:
+    images = [tmp_path / f"{i}.png" for i in range(4)]
+    for i, path in enumerate(images):
+        write_image(path, i, size=16)
+    temp = tmp_path / ("t" * (110 - len(str(tmp_path))))
+    temp.mkdir()
+    script = READER.replace("from sslall.data._datasets", "import sslall._workers as w; "
+                            "w._SHORT_FOLDERS = ('/nonexistent',)\nfrom sslall.data._datasets")
+    done = subprocess.run([sys.executable, "-c", script, *images], capture_output=True, text=True,
+                          env={**os.environ, "TMPDIR": str(temp)}, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "4"
+    assert "path too long" not in done.stderr
+    assert "no temp folder is short enough for worker sockets" in done.stderr  # the fallback ran
