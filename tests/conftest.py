@@ -30,6 +30,20 @@ def sslall(*args: object, cwd: Path | None = None, env: dict | None = None
                           text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
 
 
+def long_temp_folder(tmp_path: Path) -> Path:
+    """A new folder whose path is 110 bytes: too long for a Unix socket in it (a scheduler's
+    per-job TMPDIR can be), the case multiprocessing's sockets must steer clear of."""
+    folder = tmp_path / ("t" * (110 - len(os.fsencode(str(tmp_path))) - 1))
+    folder.mkdir()
+    return folder
+
+
+def left_in_temp(folder: Path) -> list[str]:
+    """What a command left in its temp folder, but torch's per-user compile cache
+    (torchinductor_*, made on import and shared by design)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("torchinductor_"))
+
+
 def make_checkpoint(directory: Path, backbone: str, image_size: int, seed: int = 0, *,
                     turned_view: bool = False) -> Path:
     """A real checkpoint of a randomly initialised backbone and head (what a round writes);

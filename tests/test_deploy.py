@@ -6,15 +6,13 @@ from __future__ import annotations
 import configparser
 import os
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import paused
+from conftest import left_in_temp, paused
 from test_rounds import build_workspace
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -97,22 +95,18 @@ def test_overlapping_scheduled_rounds_through_the_real_lock(tmp_path: Path, runn
         assert "already running" in second.stderr
         # the Slurm script, run by bash here: torchrun, 2 processes on the CPU (gloo); rank 0
         # finds the lock busy, rank 1 hears it from rank 0, the script exits with rank 0's 75
-        # (a short temp folder of its own: torchelastic's log folder and the exit file must
-        # not be left in it; a Unix socket's path must stay under 108 bytes)
+        # (a temp folder of its own: torchelastic's log folder and the exit file must not be
+        # left in it)
         venv = Path(sys.executable).parent.parent
-        temp = Path(tempfile.mkdtemp(prefix="slurm-"))
+        temp = tmp_path / "slurm-temp"
+        temp.mkdir()
         env = {**os.environ, "SSLALL_WORKSPACE": str(ws), "SSLALL_VENV": str(venv),
                "SLURM_GPUS_ON_NODE": "2", "SLURM_CPUS_PER_TASK": "2", "TMPDIR": str(temp)}
-        try:
-            slurm = subprocess.run(["bash", str(DEPLOY / "slurm-round.sbatch")],
-                                   capture_output=True, text=True, env=env, timeout=300)
-            left = sorted(p.name for p in temp.iterdir()  # torch's per-user compile cache is
-                          if not p.name.startswith("torchinductor_"))  # shared by design
-        finally:
-            shutil.rmtree(temp, ignore_errors=True)
+        slurm = subprocess.run(["bash", str(DEPLOY / "slurm-round.sbatch")],
+                               capture_output=True, text=True, env=env, timeout=300)
         assert slurm.returncode == 75, slurm.stderr[-2000:]
         assert "rank 0: sslall round is already running" in slurm.stderr  # said by rank 1
-        assert left == []
+        assert left_in_temp(temp) == []
     finally:
         marker.unlink(missing_ok=True)  # let the first round go on
     out, err = first.communicate(timeout=300)

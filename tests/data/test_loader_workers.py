@@ -11,7 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from conftest import write_image
+from conftest import left_in_temp, long_temp_folder, write_image
 from store.test_import_workers import alive, children_of
 
 from sslall.workspace import Workspace, lock_is_held, round_lock
@@ -69,35 +69,29 @@ READER = textwrap.dedent("""
 """)
 
 
-def test_workers_hand_batches_back_under_a_temp_folder_too_long_for_a_socket(tmp_path: Path) -> None:
-    # a scheduler's per-job TMPDIR can be long: multiprocessing's listener socket in it would
-    # pass 107 bytes, the worker's send fail in a background thread and the loader wait forever
-    images = [tmp_path / f"{i}.png" for i in range(6)]
+def read_under_long_temp(tmp_path: Path, n: int, setup: str = "") -> subprocess.CompletedProcess:
+    """READER (after `setup`) on `n` images with two workers, TMPDIR a 110-byte folder."""
+    images = [tmp_path / f"{i}.png" for i in range(n)]
     for i, path in enumerate(images):
         write_image(path, i, size=16)
-    temp = tmp_path / ("t" * (110 - len(str(tmp_path))))
-    temp.mkdir()
-    done = subprocess.run([sys.executable, "-c", READER, *images], capture_output=True, text=True,
-                          env={**os.environ, "TMPDIR": str(temp)}, timeout=120)
+    temp = long_temp_folder(tmp_path)
+    done = subprocess.run([sys.executable, "-c", setup + READER, *images], capture_output=True,
+                          text=True, env={**os.environ, "TMPDIR": str(temp)}, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "6"
+    assert done.stdout.strip() == str(n)  # every batch came back
     assert "path too long" not in done.stderr
-    left = [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_")]
-    assert left == []  # multiprocessing's folder went elsewhere, and is gone (torch's per-user
-    # compile cache, made on import, is shared by design)
+    assert left_in_temp(temp) == []  # multiprocessing's folder went elsewhere, and is gone
+    return done
+
+
+def test_workers_hand_batches_back_under_a_temp_folder_too_long_for_a_socket(tmp_path: Path) -> None:
+    # multiprocessing's listener socket in such a folder would pass 107 bytes: the worker's
+    # send failed in a background thread and the loader waited forever
+    done = read_under_long_temp(tmp_path, 6)
+    assert "no temp folder is short enough" not in done.stderr  # the workers did the decoding
 
 
 def test_no_short_temp_folder_means_decoding_in_the_main_process_not_a_hang(tmp_path: Path) -> None:
-    images = [tmp_path / f"{i}.png" for i in range(4)]
-    for i, path in enumerate(images):
-        write_image(path, i, size=16)
-    temp = tmp_path / ("t" * (110 - len(str(tmp_path))))
-    temp.mkdir()
-    script = READER.replace("from sslall.data._datasets", "import sslall._workers as w; "
-                            "w._SHORT_FOLDERS = ('/nonexistent',)\nfrom sslall.data._datasets")
-    done = subprocess.run([sys.executable, "-c", script, *images], capture_output=True, text=True,
-                          env={**os.environ, "TMPDIR": str(temp)}, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "4"
-    assert "path too long" not in done.stderr
+    done = read_under_long_temp(tmp_path, 4, "import sslall._workers as w\n"
+                                "w._SHORT_FOLDERS = ('/nonexistent',)\n")
     assert "no temp folder is short enough for worker sockets" in done.stderr  # the fallback ran

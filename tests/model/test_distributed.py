@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import sslall
+from conftest import left_in_temp, long_temp_folder, sslall
 from store.test_import_workers import alive
 from test_rounds import build_workspace
 
@@ -90,18 +90,12 @@ def test_finetune_round_on_two_ranks_matches_one_process(template: Path, tmp_pat
     one, two = copy(template, tmp_path / "one"), copy(template, tmp_path / "two")
     single = round_json(sslall("round", "-w", one, "--mode", "finetune", "--json"))
     # torchelastic leaves a log folder in the temp folder unless told where; a temp folder of
-    # the test's own, too long for a Unix socket in it (a scheduler's per-job TMPDIR can be):
-    # the ranks' DataLoader workers must still hand their batches back
-    temp = tmp_path / ("t" * (110 - len(str(tmp_path))))
-    temp.mkdir()
-    try:
-        ddp = round_json(sslall("round", "-w", two, "--mode", "finetune", "--json", "--nproc",
-                                "2", env={"TMPDIR": str(temp)}))
-        left = sorted(p.name for p in temp.iterdir()  # torch's per-user compile cache is
-                      if not p.name.startswith("torchinductor_"))  # shared by design
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    assert left == []  # no torchelastic_* log folder, nothing else of the launch
+    # the test's own, too long for a Unix socket in it: the ranks' DataLoader workers must
+    # still hand their batches back
+    temp = long_temp_folder(tmp_path)
+    ddp = round_json(sslall("round", "-w", two, "--mode", "finetune", "--json", "--nproc",
+                            "2", env={"TMPDIR": str(temp)}))
+    assert left_in_temp(temp) == []  # no torchelastic_* log folder, nothing else of the launch
     assert ddp["moves"] == single["moves"] and ddp["pools"] == single["pools"]
     assert abs(ddp["metrics"]["macro_f1"] - single["metrics"]["macro_f1"]) <= 0.1
     a, b = predictions(one), predictions(two)
@@ -116,7 +110,7 @@ def test_finetune_round_on_two_ranks_matches_one_process(template: Path, tmp_pat
     assert sslall("check", "-w", two).returncode == 0
 
 
-def ranks_of(ws: Path) -> list[int]:
+def processes_on(ws: Path) -> list[int]:
     """Pids of the processes running a command on `ws` (the launcher, torchrun, the ranks)."""
     found = []
     for entry in os.listdir("/proc"):
@@ -146,25 +140,25 @@ def test_a_stopped_launcher_stops_torchrun_and_its_ranks(template: Path, tmp_pat
         env={**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"})
     try:  # a kill of the launcher alone (not its process group): torchrun must not be orphaned
         deadline = time.monotonic() + 300
-        while len(ranks_of(ws)) < 4 and launcher.poll() is None and time.monotonic() < deadline:
+        while len(processes_on(ws)) < 4 and launcher.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)  # launcher, torchrun and the two ranks
-        assert len(ranks_of(ws)) == 4, "the ranks never started"
+        assert len(processes_on(ws)) == 4, "the ranks never started"
         time.sleep(3)  # into the round
         launcher.send_signal(sig)
         stderr = launcher.communicate(timeout=120)[1]
         deadline = time.monotonic() + 90  # torchrun gives its ranks 30 s after SIGTERM
-        while ranks_of(ws) and time.monotonic() < deadline:
+        while processes_on(ws) and time.monotonic() < deadline:
             time.sleep(0.2)
-        left = ranks_of(ws)
+        left = processes_on(ws)
     finally:
-        for pid in ranks_of(ws):
+        for pid in processes_on(ws):
             os.kill(pid, signal.SIGKILL)
         launcher.kill()
     assert left == [], "a rank or torchrun outlived the launcher"
     assert launcher.returncode == 128 + sig if sig == signal.SIGTERM else launcher.returncode == -sig
     if sig == signal.SIGTERM:
         assert stderr.strip() == "torchrun: stopped by SIGTERM; its ranks were stopped", stderr
-        assert [p.name for p in temp.iterdir() if not p.name.startswith("torchinductor_")] == []
+        assert left_in_temp(temp) == []
     with PoolStore(ws / "pools" / "pools.db") as store:
         assert store.last_round() == 0  # the stopped round changed nothing
     assert sslall("check", "-w", ws).returncode == 0
